@@ -225,7 +225,7 @@ def _snapshot_arrays(
     if when.isna().any():
         row = int(np.flatnonzero(when.isna().to_numpy())[0])
         raise ValueError(f"snapshots row {row}: as_of is not an ISO 8601 time")
-    codes = pd.Categorical(ids.to_numpy(), categories=customers).codes.astype(np.int64)
+    codes = pd.Index(customers).get_indexer(ids.to_numpy()).astype(np.int64)  # -1: unknown
     asof_ns = when.dt.as_unit("ns").to_numpy(dtype="datetime64[ns]").view(np.int64)
     index = pd.MultiIndex.from_arrays(
         [ids.to_numpy(), when.to_numpy()], names=[CUSTOMER_ID, "as_of"]

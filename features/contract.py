@@ -98,7 +98,9 @@ def to_canonical_frame(events: pd.DataFrame) -> pd.DataFrame:
     try:
         out[TIMESTAMP] = parse_timestamps(events[TIMESTAMP])
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"column 'timestamp' has values that are not ISO 8601 times: {exc}") from exc
+        raise ValueError(
+            f"column 'timestamp' has values that are not ISO 8601 times: {exc}"
+        ) from exc
     if out[TIMESTAMP].isna().any():
         raise ValueError("column 'timestamp' has missing or unparseable values")
     out[EVENT_TYPE] = pd.Categorical(events[EVENT_TYPE].astype(str).to_numpy())
@@ -120,6 +122,10 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_dtype(values.dtype):
         return values.dt.tz_localize("UTC").astype("datetime64[ns, UTC]")
     parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    # pandas may parse at a coarser unit; times outside the nanosecond range
+    # (before 1677 or after 2262) cannot be represented and count as unparseable.
+    lo, hi = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
+    parsed = parsed.where((parsed >= lo) & (parsed <= hi))
     return parsed.astype("datetime64[ns, UTC]")
 
 

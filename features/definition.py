@@ -102,9 +102,7 @@ class FeatureDefinition:
     def count_windows(self) -> tuple[int, ...]:
         """Windows for counts: the configured ones plus the trend's two, sorted, unique."""
         return tuple(
-            sorted(
-                {*self.count_windows_days, self.trend_recent_days, self.trend_baseline_days}
-            )
+            sorted({*self.count_windows_days, self.trend_recent_days, self.trend_baseline_days})
         )
 
     def feature_names(self) -> list[str]:

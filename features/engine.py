@@ -199,7 +199,7 @@ def _as_categorical(values: pd.Series, name: str) -> pd.Categorical:
         return cat
     if values.isna().any():
         raise ValueError(f"column {name!r} has missing values")
-    return pd.Categorical(values.astype(str))
+    return pd.Categorical(values.astype(str).to_numpy(dtype=object))
 
 
 def _as_ns(values: pd.Series) -> np.ndarray:
@@ -312,9 +312,7 @@ class _KernelSpec:
         for name in type_names:
             in_groups = [i for i, g in enumerate(groups) if name in d.groups[g]]
             group_lists.append(in_groups)
-            money_lists.append(
-                [m for m, g in enumerate(d.monetary_groups) if name in d.groups[g]]
-            )
+            money_lists.append([m for m, g in enumerate(d.monetary_groups) if name in d.groups[g]])
         g_ptr, g_idx = _csr(group_lists)
         m_ptr, m_idx = _csr(money_lists)
         return cls(

@@ -36,7 +36,9 @@ def write_table(frame: pd.DataFrame, path: str | Path, *, index: bool = False) -
         if fmt == "parquet":
             frame.to_parquet(tmp, index=index)
         else:
-            frame.to_csv(tmp, index=index)
+            # the temporary name hides the extension, so say the compression outright
+            gz = str(path).lower().endswith(".gz")
+            frame.to_csv(tmp, index=index, compression="gzip" if gz else None)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

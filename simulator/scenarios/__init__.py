@@ -1,0 +1,1 @@
+"""Shipped simulation scenarios (YAML files read with importlib.resources)."""

@@ -154,7 +154,8 @@ class FeatureDefinition:
             ("btyd_frequency", "repeat purchase days: purchase_days - 1 (0 when none)"),
             (
                 "btyd_recency_days",
-                "days from the first to the last purchase (0 with one, NaN with none)",
+                "days from the first purchase to the first purchase of the latest purchase "
+                "day (0 with one purchase day, NaN with none)",
             ),
             ("btyd_age_days", "days from the first purchase to as_of (NaN with none)"),
         ]

@@ -353,7 +353,7 @@ class _Primitives:
     funnel: np.ndarray  # int32[rows, funnel windows + all]
     pdays: np.ndarray  # int64[rows]
     first_pt: np.ndarray  # int64[rows]
-    last_pt: np.ndarray  # int64[rows]
+    last_pt: np.ndarray  # int64[rows]: first purchase time on the latest purchase day
     gsum: np.ndarray  # float64[rows]: sum of gaps between purchase days
     gsq: np.ndarray  # float64[rows]: sum of squared gaps
 
@@ -484,8 +484,8 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
                 if is_purchase[e]:
                     if first_pt[r] == none:
                         first_pt[r] = ti
-                    last_pt[r] = ti
                     if day != prev_pday:
+                        last_pt[r] = ti  # first purchase of the latest purchase day
                         if prev_pday != none:
                             gap = float(day - prev_pday)
                             gsum[r] += gap

@@ -193,6 +193,177 @@ def simulate(
         )
 
 
+@app.command()
+@user_errors
+def train(
+    events: Annotated[Path, typer.Option(help="Event log (csv, parquet, jsonl).")],
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            help="Snapshot time for labels without an as_of column, and for rulebook labels."
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="CRM labels: customer_id, stage[, as_of]. Without it, the rulebook labels."
+        ),
+    ] = None,
+    horizon_days: Annotated[int, typer.Option(help="Churn horizon after as_of, in days.")] = 90,
+    qualifying: Annotated[
+        str, typer.Option(help="Activity that counts as not churned: any or purchases.")
+    ] = "any",
+    register: Annotated[
+        str | None, typer.Option(help="Register the model in the MLflow registry by this name.")
+    ] = None,
+    promote_if_better: Annotated[
+        bool,
+        typer.Option(
+            help="Move the champion alias to the new version if it beats the champion "
+            "on this run's validation data."
+        ),
+    ] = False,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "lifecycle",
+    seed: Annotated[int, typer.Option(help="Seed of the split and the boosters.")] = 0,
+    risk_low: Annotated[float, typer.Option(help="Churn risk is low below this.")] = 0.3,
+    risk_high: Annotated[float, typer.Option(help="Churn risk is high from this.")] = 0.6,
+    mapping: Annotated[
+        str | None, typer.Option(help="Column/event mapping YAML, or a preset: ga4, segment.")
+    ] = None,
+    unknown_events: Annotated[
+        str, typer.Option(help="strict (quarantine) or lenient (keep) unknown event types.")
+    ] = "strict",
+    definition: Annotated[Path | None, typer.Option(help="Feature definition YAML.")] = None,
+    taxonomy: Annotated[Path | None, typer.Option(help="Stage taxonomy YAML.")] = None,
+    rulebook: Annotated[Path | None, typer.Option(help="Stage rulebook YAML.")] = None,
+) -> None:
+    """Train the stage and churn heads, log the run to MLflow, print run id and model URI."""
+    from training.train import TrainConfig
+    from training.train import train as run_training
+
+    config = TrainConfig(
+        horizon_days=horizon_days,
+        qualifying=qualifying,
+        seed=seed,
+        risk_thresholds=(risk_low, risk_high),
+        unknown_events=unknown_events,
+    )
+    result = run_training(
+        events,
+        as_of=as_of,
+        labels_path=labels,
+        config=config,
+        definition_path=definition,
+        taxonomy_path=taxonomy,
+        rulebook_path=rulebook,
+        mapping=mapping,
+        register=register,
+        promote_if_better=promote_if_better,
+        experiment=experiment,
+        say=lambda line: typer.echo(line, err=True),
+    )
+    m = result.metrics
+    typer.echo(
+        f"validation: stage macro-F1 {m['valid_stage_macro_f1']:.4f}, "
+        f"accuracy {m['valid_stage_accuracy']:.4f}; churn ROC-AUC {m['valid_churn_roc_auc']:.4f}"
+    )
+    if "oracle_stage_macro_f1" in m:
+        typer.echo(
+            f"oracle:     stage macro-F1 {m['oracle_stage_macro_f1']:.4f} "
+            f"(model/oracle {m['ratio_stage_macro_f1_to_oracle']:.3f}); "
+            f"churn ROC-AUC {m['oracle_churn_roc_auc']:.4f}"
+        )
+    typer.echo(f"run id: {result.run_id}")
+    typer.echo(f"model URI: {result.model_uri}")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    events: Annotated[Path, typer.Option(help="Event log (csv, parquet, jsonl).")],
+    model: Annotated[str, typer.Option(help="Model URI (models:/NAME@champion) or directory.")],
+    labels: Annotated[
+        Path | None, typer.Option(help="CRM labels; without them the rulebook labels.")
+    ] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="Snapshot time for labels without as_of.")
+    ] = None,
+    horizon_days: Annotated[
+        int | None, typer.Option(help="Churn horizon (default: the model's).")
+    ] = None,
+    mapping: Annotated[
+        str | None, typer.Option(help="Column/event mapping YAML, or a preset.")
+    ] = None,
+) -> None:
+    """Score labelled snapshots with a model and print its metrics per head and class."""
+    from training.train import evaluate_model
+
+    result = evaluate_model(
+        events,
+        model=model,
+        labels_path=labels,
+        as_of=as_of,
+        horizon_days=horizon_days,
+        mapping=mapping,
+        say=lambda line: typer.echo(line, err=True),
+    )
+    for key in sorted(result):
+        typer.echo(f"{key}\t{result[key]:.6g}")
+
+
+@app.command()
+@user_errors
+def promote(
+    name: Annotated[str, typer.Option(help="Registered model name.")],
+    version: Annotated[
+        str | None, typer.Option(help="Version to promote (default: the latest).")
+    ] = None,
+) -> None:
+    """Point the registered model's champion alias at a version."""
+    from training.tracking import promote as set_champion
+
+    done = set_champion(name, version)
+    typer.echo(f"models:/{name}@champion -> version {done}")
+
+
+@app.command()
+@user_errors
+def score(
+    events: Annotated[Path, typer.Option(help="Event log (csv, parquet, jsonl).")],
+    model: Annotated[
+        str, typer.Option(help="Model URI (models:/NAME@champion, models:/NAME/3) or directory.")
+    ],
+    as_of: Annotated[str, typer.Option(help="Score as of this time (ISO 8601; naive is UTC).")],
+    out: Annotated[Path, typer.Option(help="Output table: .parquet or .csv.")],
+    mapping: Annotated[
+        str | None, typer.Option(help="Column/event mapping YAML, or a preset: ga4, segment.")
+    ] = None,
+    unknown_events: Annotated[
+        str, typer.Option(help="strict (quarantine) or lenient (keep) unknown event types.")
+    ] = "strict",
+) -> None:
+    """Score every customer: stage, churn probability, risk band, stage probabilities."""
+    from scoring.batch import score_file
+
+    bar, update = _progress_bar("scoring")
+    with bar:
+        scores, summary = score_file(
+            events,
+            model=model,
+            as_of=as_of,
+            out=out,
+            mapping=mapping,
+            unknown_events=unknown_events,
+            progress=update,
+        )
+    typer.echo(str(summary), err=True)
+    bands = scores["churn_risk"].value_counts().to_dict()
+    typer.echo(
+        f"scored {len(scores):,} customers to {out} "
+        f"(risk: {', '.join(f'{k} {v:,}' for k, v in sorted(bands.items()))})"
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry convenience
     app()
 

@@ -252,9 +252,7 @@ def test_progress_reports_every_customer(tiny: pd.DataFrame) -> None:
         ),
     ],
 )
-def test_bad_arguments_are_one_line_errors(
-    tiny: pd.DataFrame, kwargs: dict, message: str
-) -> None:
+def test_bad_arguments_are_one_line_errors(tiny: pd.DataFrame, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         build_features(tiny, **kwargs)
     assert "\n" not in str(info.value)
@@ -388,3 +386,17 @@ def test_snapshot_rows_equal_single_as_of_rows(case: tuple[pd.DataFrame, pd.Time
     snaps = pd.DataFrame({"customer_id": list(single.index), "as_of": as_of})
     multi = build_features(events, snapshots=snaps)
     np.testing.assert_array_equal(multi.to_numpy(), single.to_numpy())
+
+
+def test_btyd_summary_is_consistent_when_purchases_share_a_day() -> None:
+    # two purchases on one UTC day: no repeat purchase, so BG/NBD needs t_x == 0
+    events = frame(
+        [
+            ("e", "2024-02-01T01:00:00Z", "purchase", 5.0),
+            ("e", "2024-02-01T23:00:00Z", "purchase", 5.0),
+        ]
+    )
+    row = build_features(events, as_of=AS_OF).loc["e"]
+    assert row["btyd_frequency"] == 0
+    assert row["btyd_recency_days"] == 0
+    assert row["btyd_age_days"] == pytest.approx(29 - 1 / 24)

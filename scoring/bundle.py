@@ -1,0 +1,234 @@
+"""The model artifact: the feature definition and both heads, in safe formats only.
+
+A bundle is a directory:
+
+``bundle.json``
+    Everything but the trees: format version, feature definition, stage names,
+    feature columns, calibration (a temperature for the stage head, Platt
+    coefficients for the churn head), decision weights, risk thresholds, horizon
+    and training metadata. Plain JSON.
+``stage_model.txt``, ``churn_model.txt``
+    LightGBM boosters in LightGBM's own text format.
+
+Loading reads JSON and text: nothing stored in the artifact is ever executed
+(no pickle, no cloudpickle). ``training`` writes bundles; ``serving`` and the MLflow
+pyfunc read them; neither of those imports ``training``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from features.contract import CUSTOMER_ID
+from features.definition import FeatureDefinition, definition_from_dict
+from features.engine import build_features
+
+FORMAT_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+STAGE_FILE = "stage_model.txt"
+CHURN_FILE = "churn_model.txt"
+RISK_BANDS = ("low", "medium", "high")
+
+
+@dataclass
+class ModelBundle:
+    """Feature definition + stage head + churn head, ready to score.
+
+    Parameters
+    ----------
+    definition
+        The feature definition the heads were trained on.
+    stages
+        Stage names in funnel order; column ``k`` of the stage head is ``stages[k]``.
+    stage_booster, churn_booster
+        LightGBM boosters (multiclass softmax, binary logistic).
+    stage_temperature
+        Softmax temperature fitted on held-out data (calibration).
+    stage_weights
+        Per-stage multipliers of the calibrated probabilities used to pick the
+        predicted stage (tuned for macro-F1); the probabilities themselves are
+        reported unweighted.
+    churn_platt
+        ``(a, b)``: calibrated churn probability is ``sigmoid(a * margin + b)``.
+    horizon_days
+        The churn horizon the churn head was trained for.
+    risk_thresholds
+        ``(low_below, high_from)``: risk band low when p < low_below, high when
+        p >= high_from, medium in between.
+    metadata
+        Free-form training facts (run id, data summary); JSON only.
+    """
+
+    definition: FeatureDefinition
+    stages: tuple[str, ...]
+    stage_booster: lgb.Booster
+    churn_booster: lgb.Booster
+    stage_temperature: float = 1.0
+    stage_weights: tuple[float, ...] = ()
+    churn_platt: tuple[float, float] = (1.0, 0.0)
+    horizon_days: int = 90
+    risk_thresholds: tuple[float, float] = (0.3, 0.6)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.stage_weights:
+            self.stage_weights = (1.0,) * len(self.stages)
+        low, high = self.risk_thresholds
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError("risk thresholds must satisfy 0 <= low <= high <= 1")
+        self._features = self.definition.feature_names()
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Input columns of both heads, in order."""
+        return list(self._features)
+
+    @property
+    def output_columns(self) -> list[str]:
+        """Columns of :meth:`predict_features` after ``customer_id``."""
+        return ["stage", "churn_probability", "churn_risk", *[f"p_{s}" for s in self.stages]]
+
+    # -- scoring -------------------------------------------------------------------------
+    def stage_proba(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated stage probabilities, shape ``(n, len(stages))``."""
+        raw = self.stage_booster.predict(X, raw_score=True)
+        logits = np.asarray(raw, dtype=np.float64).reshape(len(X), len(self.stages))
+        return softmax(logits / self.stage_temperature)
+
+    def churn_proba(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated probability of no qualifying activity within the horizon."""
+        margin = np.asarray(self.churn_booster.predict(X, raw_score=True), dtype=np.float64)
+        a, b = self.churn_platt
+        return sigmoid(a * margin + b)
+
+    def risk_band(self, p: np.ndarray) -> np.ndarray:
+        """``low`` / ``medium`` / ``high`` for each churn probability."""
+        low, high = self.risk_thresholds
+        return np.asarray(RISK_BANDS, dtype=object)[(p >= low).astype(int) + (p >= high)]
+
+    def predict_matrix(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw outputs for a feature matrix in :attr:`feature_names` order."""
+        proba = self.stage_proba(X)
+        pick = np.argmax(proba * np.asarray(self.stage_weights), axis=1)
+        churn = self.churn_proba(X)
+        return {
+            "stage": np.asarray(self.stages, dtype=object)[pick],
+            "stage_proba": proba,
+            "churn_probability": churn,
+            "churn_risk": self.risk_band(churn),
+        }
+
+    def predict_features(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Score precomputed features (one row per customer).
+
+        ``features`` must hold every column of :attr:`feature_names`; extra columns are
+        ignored. Customer ids come from a ``customer_id`` column or the index. Returns
+        ``customer_id, stage, churn_probability, churn_risk, p_<stage>...``.
+        """
+        missing = [c for c in self._features if c not in features.columns]
+        if missing:
+            raise ValueError(
+                f"features are missing {len(missing)} column(s) the model needs, "
+                f"first {missing[0]!r}"
+            )
+        X = features[self._features].to_numpy(dtype=np.float64)
+        out = self.predict_matrix(X)
+        ids = (
+            features[CUSTOMER_ID].astype(str).to_numpy()
+            if CUSTOMER_ID in features.columns
+            else np.asarray(features.index.get_level_values(0).astype(str))
+        )
+        frame = pd.DataFrame(
+            {
+                CUSTOMER_ID: ids,
+                "stage": out["stage"],
+                "churn_probability": out["churn_probability"],
+                "churn_risk": out["churn_risk"],
+            }
+        )
+        for k, stage in enumerate(self.stages):
+            frame[f"p_{stage}"] = out["stage_proba"][:, k]
+        return frame
+
+    def predict_events(self, events: pd.DataFrame, *, as_of: object) -> pd.DataFrame:
+        """Build features at ``as_of`` with the bundle's definition, then score them."""
+        feats = build_features(events, as_of=as_of, definition=self.definition)
+        return self.predict_features(feats)
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write the bundle to ``directory`` (created) and return it."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.stage_booster.save_model(str(path / STAGE_FILE))
+        self.churn_booster.save_model(str(path / CHURN_FILE))
+        doc = {
+            "format_version": FORMAT_VERSION,
+            "definition": self.definition.to_dict(),
+            "stages": list(self.stages),
+            "feature_names": self._features,
+            "stage_temperature": self.stage_temperature,
+            "stage_weights": list(self.stage_weights),
+            "churn_platt": list(self.churn_platt),
+            "horizon_days": self.horizon_days,
+            "risk_thresholds": list(self.risk_thresholds),
+            "metadata": self.metadata,
+        }
+        (path / BUNDLE_FILE).write_text(json.dumps(doc, indent=2, default=_json_default))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ModelBundle:
+        """Read a bundle written by :meth:`save`. Only JSON and LightGBM text are read."""
+        path = Path(directory)
+        try:
+            doc = json.loads((path / BUNDLE_FILE).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path} is not a model bundle: {BUNDLE_FILE} is missing") from None
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"model bundle format {doc.get('format_version')} is not supported "
+                f"(this version reads format {FORMAT_VERSION})"
+            )
+        bundle = cls(
+            definition=definition_from_dict(doc["definition"], source=str(path)),
+            stages=tuple(doc["stages"]),
+            stage_booster=lgb.Booster(model_file=str(path / STAGE_FILE)),
+            churn_booster=lgb.Booster(model_file=str(path / CHURN_FILE)),
+            stage_temperature=float(doc["stage_temperature"]),
+            stage_weights=tuple(float(w) for w in doc["stage_weights"]),
+            churn_platt=(float(doc["churn_platt"][0]), float(doc["churn_platt"][1])),
+            horizon_days=int(doc["horizon_days"]),
+            risk_thresholds=(float(doc["risk_thresholds"][0]), float(doc["risk_thresholds"][1])),
+            metadata=dict(doc.get("metadata") or {}),
+        )
+        if bundle.feature_names != list(doc["feature_names"]):
+            raise ValueError(f"{path}: feature names do not match the stored definition")
+        return bundle
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function without overflow warnings."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    raise TypeError(f"cannot store {type(value).__name__} in bundle.json")

@@ -1,0 +1,75 @@
+"""The MLflow pyfunc of a model bundle (models-from-code: no pickle on the load path).
+
+MLflow stores ``scoring/model_code.py`` with the model; loading runs that short file,
+which imports this installed module, and :meth:`LifecycleModel.load_context` reads the
+bundle's JSON and LightGBM text files. The input is a frame of precomputed features
+(``customer_id`` optional); the output has the ``lifecycle score`` columns.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+from scoring.bundle import ModelBundle
+
+BUNDLE_ARTIFACT = "bundle"
+MODEL_CODE = Path(__file__).with_name("model_code.py")
+
+
+class LifecycleModel(mlflow.pyfunc.PythonModel):
+    """Stage and churn scores from feature vectors, for MLflow serving and Spark UDFs."""
+
+    def __init__(self) -> None:
+        self.bundle: ModelBundle | None = None
+
+    def load_context(self, context: Any) -> None:
+        self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        if self.bundle is None:
+            raise RuntimeError("the model bundle is not loaded")
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        return self.bundle.predict_features(model_input)
+
+
+def bundle_of(pyfunc_model: Any) -> ModelBundle:
+    """The :class:`ModelBundle` inside a loaded ``mlflow.pyfunc`` model."""
+    inner = pyfunc_model.unwrap_python_model()
+    if not isinstance(inner, LifecycleModel) or inner.bundle is None:
+        raise ValueError("this MLflow model is not a lifecycle model")
+    return inner.bundle
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the SQLite file ``mlflow.db`` here."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def load_bundle(model: str | Path) -> ModelBundle:
+    """Load a model from a bundle directory, an MLflow model directory, or an MLflow URI.
+
+    ``models:/NAME@champion``, ``models:/NAME/3`` and ``runs:/...`` are resolved against
+    :func:`default_tracking_uri`.
+    """
+    path = Path(str(model))
+    if (path / "bundle.json").is_file():
+        return ModelBundle.load(path)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(default_tracking_uri())
+    try:
+        loaded = mlflow.pyfunc.load_model(str(model))
+    except MlflowException as exc:
+        raise ValueError(f"cannot load model {model}: {exc.message.splitlines()[0]}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot load model {model}: {exc}") from None
+    return bundle_of(loaded)

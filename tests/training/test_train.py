@@ -1,0 +1,254 @@
+"""End-to-end training into a real SQLite-backed MLflow store, and the trained model's behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from features.engine import build_features
+from features.events import load_events
+from features.taxonomy import load_taxonomy
+from scoring.bundle import ModelBundle
+from scoring.pyfunc import bundle_of
+from simulator import write_dataset
+from training.labels import check_horizon, churn_labels, load_labels
+from training.train import TrainConfig, build_examples, train
+
+AS_OF = ["2024-09-30", "2024-12-31"]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh SQLite tracking store; MLFLOW_TRACKING_URI points at it for this module."""
+    root = tmp_path_factory.mktemp("mlflow")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mp.chdir(root)  # artifacts of the default experiment land here, not in the repo
+    yield root
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sim")
+    write_dataset(out, customers=3000, seed=11, as_of=AS_OF)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(store: Path, sim: Path):  # type: ignore[no-untyped-def]
+    result = train(
+        sim / "events.parquet",
+        labels_path=sim / "labels.csv",
+        config=TrainConfig(seed=1),
+        register="lifecycle-test",
+        promote_if_better=True,
+        say=lambda _: None,
+    )
+    bundle = bundle_of(mlflow.pyfunc.load_model("models:/lifecycle-test@champion"))
+    return result, bundle
+
+
+@pytest.fixture(scope="module")
+def events(sim: Path) -> pd.DataFrame:
+    return load_events(sim / "events.parquet")[0]
+
+
+def test_run_is_tracked_with_params_metrics_plots_and_model(store: Path, trained) -> None:  # type: ignore[no-untyped-def]
+    result, _ = trained
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.params["config.horizon_days"] == "90"
+    assert run.data.params["split"] == "time+customer"
+    for key in (
+        "valid_stage_macro_f1",
+        "valid_stage_f1_advocacy",
+        "valid_churn_roc_auc",
+        "valid_churn_ece",
+        "valid_churn_lift_top_decile",
+        "baseline_majority_stage_macro_f1",
+        "baseline_rulebook_stage_macro_f1",
+        "baseline_recency_churn_roc_auc",
+        "baseline_rfm_logistic_churn_roc_auc",
+        "baseline_bgnbd_churn_roc_auc",
+        "oracle_stage_macro_f1",
+        "ratio_stage_macro_f1_to_oracle",
+    ):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "plots")}
+    assert "plots/stage_confusion_matrix.png" in artifacts
+    assert "plots/churn_roc_pr.png" in artifacts
+    assert result.model_uri == "models:/lifecycle-test/1"
+    assert result.promoted
+
+
+def test_model_beats_its_baselines(trained) -> None:  # type: ignore[no-untyped-def]
+    m = trained[0].metrics
+    assert m["valid_stage_macro_f1"] > m["baseline_majority_stage_macro_f1"]
+    assert m["valid_stage_macro_f1"] > m["baseline_rulebook_stage_macro_f1"]
+    assert m["valid_churn_roc_auc"] >= m["baseline_recency_churn_roc_auc"] - 0.01
+    assert m["valid_stage_macro_f1"] <= m["oracle_stage_macro_f1"] + 0.05
+
+
+def test_pyfunc_round_trip_reproduces_scores(trained, events: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    result, bundle = trained
+    feats = build_features(events, as_of="2024-12-31", definition=bundle.definition)
+    direct = bundle.predict_features(feats)
+    loaded = mlflow.pyfunc.load_model(result.model_uri)
+    via_mlflow = loaded.predict(feats.reset_index())
+    pd.testing.assert_frame_equal(
+        via_mlflow.reset_index(drop=True), direct.reset_index(drop=True), check_dtype=False
+    )
+
+
+def test_bundle_directory_round_trip(trained, tmp_path: Path, events: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    _, bundle = trained
+    again = ModelBundle.load(bundle.save(tmp_path / "b"))
+    a = bundle.predict_events(events, as_of="2024-12-31")
+    b = again.predict_events(events, as_of="2024-12-31")
+    pd.testing.assert_frame_equal(a, b)
+    assert not list((tmp_path / "b").glob("*.pkl"))
+
+
+def test_second_version_is_promoted_only_if_better(store: Path, sim: Path, trained) -> None:  # type: ignore[no-untyped-def]
+    # a model trained with a one-round budget cannot beat the champion on the same data
+    weak = train(
+        sim / "events.parquet",
+        labels_path=sim / "labels.csv",
+        config=TrainConfig(seed=1, max_rounds=1),
+        register="lifecycle-test",
+        promote_if_better=True,
+        say=lambda _: None,
+    )
+    assert weak.registered_version == "2"
+    assert not weak.promoted
+    alias = MlflowClient().get_model_version_by_alias("lifecycle-test", "champion")
+    assert str(alias.version) == "1"
+
+
+# -- behaviour --------------------------------------------------------------------------
+
+
+def test_renaming_a_customer_changes_nothing(trained, events: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    _, bundle = trained
+    before = bundle.predict_events(events, as_of="2024-12-31").set_index("customer_id")
+    renamed = events.assign(
+        customer_id=events["customer_id"].astype(str).replace({"c0000001": "zz-renamed"})
+    )
+    after = bundle.predict_events(renamed, as_of="2024-12-31").set_index("customer_id")
+    after = after.rename(index={"zz-renamed": "c0000001"}).loc[before.index]
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_recent_activity_never_raises_churn_risk_much(trained, events: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    _, bundle = trained
+    as_of = pd.Timestamp("2024-12-31", tz="UTC")
+    before = bundle.predict_events(events, as_of=as_of).set_index("customer_id")
+    ids = before.index[:500]
+    recent = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "timestamp": as_of - pd.Timedelta(hours=12),
+            "event_type": "page_view",
+            "amount": np.nan,
+        }
+    )
+    more = pd.concat([events.astype({"customer_id": str, "event_type": str}), recent])
+    after = bundle.predict_events(more, as_of=as_of).set_index("customer_id").loc[ids]
+    rise = after["churn_probability"] - before.loc[ids, "churn_probability"]
+    assert rise.max() <= 0.05, rise.sort_values().tail()
+    assert (after["churn_probability"].mean()) < before.loc[ids, "churn_probability"].mean()
+
+
+def test_an_obvious_advocate_is_called_one(trained) -> None:  # type: ignore[no-untyped-def]
+    _, bundle = trained
+    as_of = pd.Timestamp("2024-12-31", tz="UTC")
+    days = np.arange(2, 120, 3)
+    kinds = ["purchase", "review", "referral", "social_share", "login", "page_view"]
+    rows = [
+        ("fan", as_of - pd.Timedelta(days=int(d)), kinds[i % len(kinds)], 50.0)
+        for i, d in enumerate(days)
+    ]
+    rows.append(("fan", as_of - pd.Timedelta(days=150), "ad_click", np.nan))
+    fan = pd.DataFrame(rows, columns=["customer_id", "timestamp", "event_type", "amount"])
+    scored = bundle.predict_events(fan.sort_values("timestamp"), as_of=as_of)
+    assert scored.loc[0, "stage"] == "advocacy", scored.T
+
+
+# -- leakage ----------------------------------------------------------------------------
+
+
+def test_events_after_as_of_cannot_change_a_prediction(trained, events: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    _, bundle = trained
+    as_of = pd.Timestamp("2024-09-30", tz="UTC")
+    before = events[events["timestamp"] < as_of]
+    assert len(before) < len(events)
+    pd.testing.assert_frame_equal(
+        bundle.predict_events(events, as_of=as_of), bundle.predict_events(before, as_of=as_of)
+    )
+
+
+def test_a_labels_own_window_never_feeds_its_features(sim: Path, events: pd.DataFrame) -> None:
+    labels = load_labels(sim / "labels.csv", taxonomy=load_taxonomy())
+    first = labels[labels["as_of"] == labels["as_of"].min()].head(300)
+    config = TrainConfig()
+    from features.definition import load_definition
+
+    d = load_definition()
+    ex, _ = build_examples(events, first, load_taxonomy(), d, config)
+    # wipe every event in the churn windows: features stay, churn labels flip to 1
+    start = first["as_of"].min()
+    end = start + pd.Timedelta(days=config.horizon_days)
+    inside = (events["timestamp"] >= start) & (events["timestamp"] < end)
+    wiped, _ = build_examples(events[~inside], first, load_taxonomy(), d, config)
+    pd.testing.assert_frame_equal(ex.X, wiped.X)
+    assert wiped.churn.all() and not ex.churn.all()
+
+
+# -- bad input --------------------------------------------------------------------------
+
+
+def test_unknown_stage_name_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text("customer_id,stage,as_of\na,awareness,2024-01-01\nb,loyal-ish,2024-01-01\n")
+    with pytest.raises(ValueError, match=r"row 2: unknown stage 'loyal-ish'"):
+        load_labels(path, taxonomy=load_taxonomy())
+
+
+def test_stage_synonyms_are_mapped(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text("customer_id,stage\na,Loyalty\nb,interest\n")
+    labels = load_labels(path, taxonomy=load_taxonomy(), as_of="2024-01-01")
+    assert list(labels["stage"]) == ["advocacy", "consideration"]
+
+
+def test_labels_for_unknown_customers_are_a_clear_message(
+    store: Path, sim: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text(
+        "customer_id,stage,as_of\nnobody,awareness,2024-12-31\nghost,retention,2024-12-31\n"
+    )
+    with pytest.raises(ValueError, match="no labelled customer has events before its as_of"):
+        train(sim / "events.parquet", labels_path=path, say=lambda _: None)
+
+
+def test_horizon_past_the_data_is_refused(events: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="horizon runs past the data"):
+        check_horizon(events, pd.Series([pd.Timestamp("2025-02-01", tz="UTC")]), 90)
+
+
+def test_churn_label_counts_only_its_window(events: pd.DataFrame) -> None:
+    from features.definition import load_definition
+
+    snaps = pd.DataFrame({"customer_id": ["c0000005"], "as_of": ["2024-09-30"]})
+    ts = events.loc[events["customer_id"] == "c0000005", "timestamp"]
+    start = pd.Timestamp("2024-09-30", tz="UTC")
+    expected = int(not ((ts >= start) & (ts < start + pd.Timedelta(days=90))).any())
+    got = churn_labels(events, snaps, horizon_days=90, definition=load_definition())
+    assert got[0] == expected

@@ -1,0 +1,610 @@
+"""One training run: labels, point-in-time examples, split, heads, baselines, MLflow.
+
+:func:`train` is what ``lifecycle train`` and the MLproject's ``train`` entry point
+call. Everything a run decides is logged to MLflow: the configuration as params, a
+data summary, metrics per head and per class for the model and every baseline (and
+the oracle's on simulated data), plots, and the model, once, as a pyfunc.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+
+from features.contract import CUSTOMER_ID, parse_as_of
+from features.definition import FeatureDefinition, load_definition
+from features.engine import build_features
+from features.events import load_events, load_mapping
+from features.taxonomy import Taxonomy, load_taxonomy
+from scoring.bundle import ModelBundle
+from scoring.pyfunc import BUNDLE_ARTIFACT, MODEL_CODE, bundle_of
+from training import btyd, metrics, models, plots, tracking
+from training.labels import Rulebook, check_horizon, churn_labels, load_labels, load_rulebook
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a training run; all of it is logged as MLflow params."""
+
+    horizon_days: int = 90
+    qualifying: str = "any"
+    validation_fraction: float = 0.2
+    calibration_fraction: float = 0.2
+    seed: int = 0
+    risk_thresholds: tuple[float, float] = (0.3, 0.6)
+    max_rounds: int = 2000
+    lgb_params: dict[str, Any] = field(default_factory=dict)
+    unknown_events: str = "strict"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError("validation fraction must be between 0 and 1")
+        if not 0.0 < self.calibration_fraction < 1.0:
+            raise ValueError("calibration fraction must be between 0 and 1")
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_uri: str
+    registered_version: str | None
+    promoted: bool
+    metrics: dict[str, float]
+
+
+@dataclass
+class Examples:
+    """Labelled snapshots with their point-in-time features and both targets."""
+
+    keys: pd.DataFrame  # customer_id, as_of
+    X: pd.DataFrame
+    stage: np.ndarray  # int index into taxonomy.stages
+    churn: np.ndarray  # 1 = churned
+
+    def take(self, mask: np.ndarray) -> Examples:
+        return Examples(
+            self.keys[mask].reset_index(drop=True), self.X[mask], self.stage[mask], self.churn[mask]
+        )
+
+
+def train(
+    events_path: str | Path,
+    *,
+    as_of: object = None,
+    labels_path: str | Path | None = None,
+    config: TrainConfig | None = None,
+    definition_path: str | Path | None = None,
+    taxonomy_path: str | Path | None = None,
+    rulebook_path: str | Path | None = None,
+    mapping: str | None = None,
+    register: str | None = None,
+    promote_if_better: bool = False,
+    experiment: str = tracking.DEFAULT_EXPERIMENT,
+    say: Say = print,
+) -> TrainResult:
+    """Train both heads on an event log and log the run to MLflow.
+
+    Parameters
+    ----------
+    events_path
+        The event log (any format of :func:`features.events.load_events`).
+    as_of
+        Snapshot time for labels without an ``as_of`` column, and for rulebook labels.
+    labels_path
+        CRM label file ``customer_id, stage[, as_of]``; without it the rulebook labels
+        every customer seen before ``as_of`` and the run records that.
+    register
+        Register the model under this name. ``promote_if_better`` then moves the
+        ``champion`` alias to the new version if it beats the current champion on this
+        run's validation examples (or if there is no champion yet).
+    """
+    config = config or TrainConfig()
+    taxonomy = load_taxonomy(taxonomy_path)
+    definition = load_definition(definition_path)
+    rulebook = load_rulebook(rulebook_path, taxonomy=taxonomy, definition=definition)
+    if promote_if_better and not register:
+        raise ValueError("--promote-if-better needs --register NAME")
+
+    events, load_summary = load_events(
+        events_path,
+        mapping=load_mapping(mapping),
+        unknown_events=config.unknown_events,  # type: ignore[arg-type]
+    )
+    say(str(load_summary))
+    if labels_path is not None:
+        labels = load_labels(labels_path, taxonomy=taxonomy, as_of=as_of)
+        label_source = f"label file {labels_path}"
+    elif as_of is None:
+        raise ValueError("without --labels, --as-of is needed for the rulebook's labels")
+    else:
+        labels = rulebook_labels(events, parse_as_of(as_of), rulebook, definition)
+        label_source = "rulebook (no label file given)"
+        say(f"no label file: stage labels come from the rulebook at {as_of}")
+    check_horizon(events, labels["as_of"], config.horizon_days)
+
+    examples, dropped = build_examples(events, labels, taxonomy, definition, config)
+    if dropped:
+        say(
+            f"warning: {dropped:,} labelled snapshot(s) have no events before their as_of "
+            "and are left out"
+        )
+    train_ex, cal_ex, valid_ex, split_kind = split_examples(examples, config)
+    say(
+        f"examples: {len(train_ex.stage):,} train, {len(cal_ex.stage):,} calibration, "
+        f"{len(valid_ex.stage):,} validation ({split_kind} split)"
+    )
+
+    stage_head = models.fit_stage_head(
+        train_ex.X.to_numpy(),
+        train_ex.stage,
+        cal_ex.X.to_numpy(),
+        cal_ex.stage,
+        n_classes=len(taxonomy.stages),
+        seed=config.seed,
+        max_rounds=config.max_rounds,
+        params=config.lgb_params,
+    )
+    churn_head = models.fit_churn_head(
+        train_ex.X.to_numpy(),
+        train_ex.churn,
+        cal_ex.X.to_numpy(),
+        cal_ex.churn,
+        seed=config.seed,
+        feature_names=definition.feature_names(),
+        max_rounds=config.max_rounds,
+        params=config.lgb_params,
+    )
+    bundle = ModelBundle(
+        definition=definition,
+        stages=taxonomy.stages,
+        stage_booster=stage_head.booster,
+        churn_booster=churn_head.booster,
+        stage_temperature=stage_head.temperature,
+        stage_weights=tuple(float(w) for w in stage_head.weights),
+        churn_platt=churn_head.platt,
+        horizon_days=config.horizon_days,
+        risk_thresholds=config.risk_thresholds,
+        metadata={"label_source": label_source, "qualifying": config.qualifying},
+    )
+
+    scores = evaluate_bundle(bundle, valid_ex, taxonomy)
+    baseline_scores = baselines(train_ex, valid_ex, taxonomy, rulebook, config)
+    all_metrics = {**_prefixed("valid", scores.metrics), **baseline_scores.metrics}
+    oracle = oracle_metrics(Path(events_path), events, valid_ex, taxonomy, config)
+    if oracle:
+        all_metrics.update(oracle)
+        all_metrics["ratio_stage_macro_f1_to_oracle"] = (
+            all_metrics["valid_stage_macro_f1"] / all_metrics["oracle_stage_macro_f1"]
+        )
+        all_metrics["gap_churn_roc_auc_to_oracle"] = (
+            all_metrics["oracle_churn_roc_auc"] - all_metrics["valid_churn_roc_auc"]
+        )
+
+    summary = {
+        "events": load_summary.to_dict(),
+        "label_source": label_source,
+        "snapshots": int(len(examples.stage)),
+        "dropped_snapshots_without_events": int(dropped),
+        "as_of": sorted({t.isoformat() for t in examples.keys["as_of"]}),
+        "split": split_kind,
+        "train": int(len(train_ex.stage)),
+        "calibration": int(len(cal_ex.stage)),
+        "validation": int(len(valid_ex.stage)),
+        "stage_counts": {
+            s: int((examples.stage == k).sum()) for k, s in enumerate(taxonomy.stages)
+        },
+        "churn_rate": float(examples.churn.mean()),
+    }
+
+    tracking.configure(experiment)
+    with mlflow.start_run(run_name=f"train-{summary['as_of'][-1][:10]}") as run:
+        params = {
+            **tracking.flatten("config", asdict(config)),
+            "label_source": label_source,
+            "events_path": str(events_path),
+            "split": split_kind,
+            "taxonomy": ",".join(taxonomy.stages),
+        }
+        mlflow.log_params(params)
+        mlflow.log_dict(definition.to_dict(), "config/feature_definition.json")
+        mlflow.log_dict(rulebook.to_dict(), "config/rulebook.json")
+        mlflow.log_dict(summary, "data_summary.json")
+        mlflow.log_metrics({k: float(v) for k, v in all_metrics.items() if np.isfinite(v)})
+        _log_plots(bundle, valid_ex, taxonomy, scores, baseline_scores)
+        bundle.metadata["run_id"] = run.info.run_id
+        info = _log_model(bundle, valid_ex, register)
+        version = getattr(info, "registered_model_version", None)
+        model_uri = f"models:/{register}/{version}" if register and version else info.model_uri
+
+    promoted = False
+    if register and version and promote_if_better:
+        promoted = _promote_if_better(register, str(version), bundle, valid_ex, taxonomy, say)
+    return TrainResult(
+        run.info.run_id, model_uri, str(version) if version else None, promoted, all_metrics
+    )
+
+
+# -- examples and split -----------------------------------------------------------------
+
+
+def rulebook_labels(
+    events: pd.DataFrame, as_of: pd.Timestamp, rulebook: Rulebook, definition: FeatureDefinition
+) -> pd.DataFrame:
+    """Rulebook stage for every customer with an event before ``as_of``."""
+    feats = build_features(events, as_of=as_of, definition=definition)
+    return pd.DataFrame(
+        {
+            CUSTOMER_ID: feats.index.astype(str),
+            "stage": rulebook.apply(feats),
+            "as_of": pd.Series(as_of, index=range(len(feats))).astype("datetime64[ns, UTC]"),
+        }
+    )
+
+
+def build_examples(
+    events: pd.DataFrame,
+    labels: pd.DataFrame,
+    taxonomy: Taxonomy,
+    definition: FeatureDefinition,
+    config: TrainConfig,
+) -> tuple[Examples, int]:
+    """Features at each label's as_of (events strictly before it) and both targets.
+
+    Snapshots whose customer has no event before ``as_of`` carry no information and are
+    left out; their number is returned.
+    """
+    keys = labels[[CUSTOMER_ID, "as_of"]].reset_index(drop=True)
+    X = build_features(events, snapshots=keys, definition=definition)
+    known = X["count_all_all"].to_numpy() > 0
+    if not known.any():
+        example = labels[CUSTOMER_ID].iloc[0]
+        raise ValueError(
+            f"no labelled customer has events before its as_of (e.g. {example!r}): "
+            "do the label file's customer ids match the event log's?"
+        )
+    churn = churn_labels(
+        events,
+        keys,
+        horizon_days=config.horizon_days,
+        qualifying=config.qualifying,
+        definition=definition,
+    )
+    stage = np.array([taxonomy.stages.index(s) for s in labels["stage"]], dtype=np.int64)
+    ex = Examples(keys, X, stage, churn)
+    return ex.take(known), int((~known).sum())
+
+
+def split_examples(ex: Examples, config: TrainConfig) -> tuple[Examples, Examples, Examples, str]:
+    """Train / calibration / validation, disjoint by customer and respecting time.
+
+    Validation holds a random ``validation_fraction`` of customers at the latest
+    snapshot time. Training and calibration hold the other customers; when there are
+    earlier snapshots, only those whose churn window closes by the validation time are
+    used (``time+customer`` split), otherwise the same snapshot time (``customer``).
+    """
+    rng = np.random.default_rng(config.seed)
+    customers = np.array(ex.keys[CUSTOMER_ID].unique(), dtype=object)
+    rng.shuffle(customers)
+    n_valid = max(1, round(len(customers) * config.validation_fraction))
+    valid_ids = set(customers[:n_valid])
+    rest = customers[n_valid:]
+    n_cal = max(1, round(len(rest) * config.calibration_fraction))
+    cal_ids = set(rest[:n_cal])
+    if len(rest) - n_cal < 1:
+        raise ValueError("too few labelled customers to split into train, calibration, validation")
+
+    ids = ex.keys[CUSTOMER_ID]
+    when = ex.keys["as_of"]
+    latest = when.max()
+    in_valid = ids.isin(valid_ids).to_numpy()
+    in_cal = ids.isin(cal_ids).to_numpy()
+    closed = (when + pd.Timedelta(days=config.horizon_days) <= latest).to_numpy()
+    if closed.any():
+        fit_time, kind = closed, "time+customer"
+    else:
+        fit_time, kind = np.ones(len(ids), dtype=bool), "customer"
+    valid = ex.take(in_valid & (when == latest).to_numpy())
+    cal = ex.take(in_cal & fit_time)
+    train_ = ex.take(~in_valid & ~in_cal & fit_time)
+    for name, part in (("training", train_), ("calibration", cal), ("validation", valid)):
+        if len(np.unique(part.stage)) < 2:
+            raise ValueError(f"the {name} split has fewer than two stages: label more customers")
+    return train_, cal, valid, kind
+
+
+# -- evaluation -------------------------------------------------------------------------
+
+
+@dataclass
+class Scores:
+    metrics: dict[str, float]
+    stage_pred: np.ndarray | None = None
+    stage_proba: np.ndarray | None = None
+    churn: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def evaluate_bundle(bundle: ModelBundle, ex: Examples, taxonomy: Taxonomy) -> Scores:
+    """The model's metrics on examples: stage per class, churn overall and for the active."""
+    out = bundle.predict_matrix(ex.X[bundle.feature_names].to_numpy())
+    classes = list(taxonomy.stages)
+    y_names = np.asarray(classes, dtype=object)[ex.stage]
+    m = _prefixed(
+        "stage",
+        metrics.stage_metrics(y_names, out["stage_proba"], classes, y_pred=out["stage"]),
+    )
+    m["stage_ece"] = metrics.multiclass_ece(y_names, out["stage_proba"], classes)
+    m.update(_prefixed("churn", metrics.churn_metrics(ex.churn, out["churn_probability"])))
+    active = ex.X["recency_all_days"].to_numpy() <= 30
+    if active.any():
+        m.update(
+            _prefixed(
+                "churn_active30",
+                metrics.churn_metrics(ex.churn[active], out["churn_probability"][active]),
+            )
+        )
+    return Scores(m, out["stage"], out["stage_proba"], {"model": out["churn_probability"]})
+
+
+def baselines(
+    train_ex: Examples,
+    valid_ex: Examples,
+    taxonomy: Taxonomy,
+    rulebook: Rulebook,
+    config: TrainConfig,
+) -> Scores:
+    """Majority and rulebook for stage; recency, RFM logistic and BG/NBD for churn."""
+    classes = list(taxonomy.stages)
+    y_names = np.asarray(classes, dtype=object)[valid_ex.stage]
+    k = len(classes)
+    out: dict[str, float] = {}
+
+    freq = models.class_frequencies(train_ex.stage, k)
+    majority = np.tile(freq, (len(valid_ex.stage), 1))
+    out.update(
+        _prefixed("baseline_majority_stage", metrics.stage_metrics(y_names, majority, classes))
+    )
+    rule_pred = rulebook.apply(valid_ex.X)
+    rule_proba = np.stack([(rule_pred == s).astype(float) for s in classes], axis=1)
+    out.update(
+        _prefixed(
+            "baseline_rulebook_stage",
+            metrics.stage_metrics(y_names, rule_proba, classes, y_pred=rule_pred),
+        )
+    )
+
+    churn_scores: dict[str, np.ndarray] = {}
+    rec_tr = models.rfm_matrix(train_ex.X)[:, :1]
+    rec_va = models.rfm_matrix(valid_ex.X)[:, :1]
+    churn_scores["recency"] = _logistic_proba(rec_tr, train_ex.churn, rec_va, config.seed)
+    churn_scores["rfm_logistic"] = _logistic_proba(
+        models.rfm_matrix(train_ex.X), train_ex.churn, models.rfm_matrix(valid_ex.X), config.seed
+    )
+    churn_scores["bgnbd"] = bgnbd_churn(train_ex, valid_ex, config)
+    for name, p in churn_scores.items():
+        out.update(_prefixed(f"baseline_{name}_churn", metrics.churn_metrics(valid_ex.churn, p)))
+    return Scores(out, churn=churn_scores)
+
+
+def bgnbd_churn(train_ex: Examples, valid_ex: Examples, config: TrainConfig) -> np.ndarray:
+    """BG/NBD's probability of no purchase in the horizon, fitted on the training buyers.
+
+    Customers who never bought get the training churn rate of non-buyers.
+    """
+
+    def rfm(ex: Examples) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        x = ex.X["btyd_frequency"].to_numpy()
+        t_x = ex.X["btyd_recency_days"].to_numpy()
+        T = ex.X["btyd_age_days"].to_numpy()
+        return x, t_x, T, ~np.isnan(T)
+
+    x, t_x, T, buyer = rfm(train_ex)
+    p = np.full(len(valid_ex.churn), np.nan)
+    non_buyer_rate = (
+        float(train_ex.churn[~buyer].mean()) if (~buyer).any() else float(train_ex.churn.mean())
+    )
+    vx, vt, vT, vbuyer = rfm(valid_ex)
+    p[~vbuyer] = non_buyer_rate
+    if buyer.sum() >= 20 and vbuyer.any():
+        model = btyd.fit_bgnbd(x[buyer], t_x[buyer], T[buyer])
+        p[vbuyer] = model.p_no_purchase(config.horizon_days, vx[vbuyer], vt[vbuyer], vT[vbuyer])
+    else:
+        p[vbuyer] = float(train_ex.churn.mean())
+    return p
+
+
+def oracle_metrics(
+    events_path: Path,
+    events: pd.DataFrame,
+    valid_ex: Examples,
+    taxonomy: Taxonomy,
+    config: TrainConfig,
+) -> dict[str, float]:
+    """The Bayes-optimal scores on the validation examples, when the log was simulated.
+
+    The simulator's ``metadata.json`` beside the events holds the scenario; for any
+    other log this returns nothing.
+    """
+    meta_path = (events_path if events_path.is_dir() else events_path.parent) / "metadata.json"
+    if not meta_path.is_file():
+        return {}
+    meta = json.loads(meta_path.read_text())
+    if meta.get("generator") != "simulator" or config.qualifying != "any":
+        return {}
+    from simulator.config import scenario_from_dict
+    from simulator.oracle import posterior
+
+    scenario = scenario_from_dict(meta["parameters"], source=str(meta_path))
+    if list(scenario.stages) != list(taxonomy.stages):
+        return {}
+    parts = []
+    for when in sorted(valid_ex.keys["as_of"].unique()):
+        post = posterior(events, scenario, when, horizon_days=config.horizon_days)
+        parts.append(post.assign(as_of=pd.Timestamp(when)))
+    post = pd.concat(parts, ignore_index=True)
+    post[CUSTOMER_ID] = post[CUSTOMER_ID].astype(str)
+    post["as_of"] = pd.to_datetime(post["as_of"], utc=True).astype("datetime64[ns, UTC]")
+    keys = valid_ex.keys.assign(as_of=valid_ex.keys["as_of"].astype("datetime64[ns, UTC]"))
+    joined = keys.merge(post, on=[CUSTOMER_ID, "as_of"], how="left")
+    proba = joined[[f"p_{s}" for s in taxonomy.stages]].to_numpy()
+    ok = ~np.isnan(proba).any(axis=1) & ~joined["churn_probability"].isna().to_numpy()
+    classes = list(taxonomy.stages)
+    y_names = np.asarray(classes, dtype=object)[valid_ex.stage[ok]]
+    out = _prefixed("oracle_stage", metrics.stage_metrics(y_names, proba[ok], classes))
+    out.update(
+        _prefixed(
+            "oracle_churn",
+            metrics.churn_metrics(valid_ex.churn[ok], joined["churn_probability"].to_numpy()[ok]),
+        )
+    )
+    out["oracle_coverage"] = float(ok.mean())
+    return out
+
+
+# -- MLflow -----------------------------------------------------------------------------
+
+
+def _log_plots(
+    bundle: ModelBundle, ex: Examples, taxonomy: Taxonomy, scores: Scores, base: Scores
+) -> None:
+    classes = list(taxonomy.stages)
+    y_names = np.asarray(classes, dtype=object)[ex.stage]
+    assert scores.stage_pred is not None and scores.stage_proba is not None
+    figures = {
+        "plots/stage_confusion_matrix.png": plots.confusion_matrix_figure(
+            y_names, scores.stage_pred, classes
+        ),
+        "plots/stage_calibration.png": plots.multiclass_calibration_figure(
+            y_names, scores.stage_proba, classes
+        ),
+        "plots/churn_calibration.png": plots.calibration_figure(
+            ex.churn, scores.churn["model"], title="churn head (validation)"
+        ),
+        "plots/churn_roc_pr.png": plots.roc_pr_figure(ex.churn, {**scores.churn, **base.churn}),
+        "plots/stage_feature_importance.png": plots.feature_importance_figure(
+            bundle.feature_names,
+            bundle.stage_booster.feature_importance("gain"),
+            title="stage head: gain",
+        ),
+        "plots/churn_feature_importance.png": plots.feature_importance_figure(
+            bundle.feature_names,
+            bundle.churn_booster.feature_importance("gain"),
+            title="churn head: gain",
+        ),
+    }
+    for path, fig in figures.items():
+        mlflow.log_figure(fig, path)
+
+
+def _log_model(bundle: ModelBundle, valid_ex: Examples, register: str | None) -> Any:
+    example = valid_ex.X[bundle.feature_names].head(5).reset_index()
+    example = example[[CUSTOMER_ID, *bundle.feature_names]]
+    example[CUSTOMER_ID] = example[CUSTOMER_ID].astype(str)
+    signature = infer_signature(example, bundle.predict_features(example))
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle_dir = bundle.save(Path(tmp) / BUNDLE_ARTIFACT)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            signature=signature,
+            input_example=example,
+            registered_model_name=register,
+            pip_requirements=_requirements(),
+        )
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pkgs = ("mlflow", "lightgbm", "numpy", "pandas", "numba", "pyarrow", "pyyaml")
+    return [f"{p}=={version(p)}" for p in pkgs]
+
+
+def _promote_if_better(
+    name: str, version: str, bundle: ModelBundle, ex: Examples, taxonomy: Taxonomy, say: Say
+) -> bool:
+    """Promote when there is no champion, or the new model scores higher on ``ex``.
+
+    The score is stage macro-F1 + churn ROC-AUC, both on this run's validation examples,
+    so the champion is judged on exactly the same data as the new version.
+    """
+    current = tracking.champion_version(name)
+    new = evaluate_bundle(bundle, ex, taxonomy).metrics
+    new_score = new["stage_macro_f1"] + new["churn_roc_auc"]
+    if current is not None:
+        champ = bundle_of(mlflow.pyfunc.load_model(f"models:/{name}@{tracking.CHAMPION}"))
+        old = evaluate_bundle(champ, ex, taxonomy).metrics
+        old_score = old["stage_macro_f1"] + old["churn_roc_auc"]
+        if not new_score > old_score:
+            say(
+                f"not promoted: version {version} scores {new_score:.4f} "
+                f"(stage macro-F1 + churn ROC-AUC), champion {current} scores {old_score:.4f}"
+            )
+            return False
+        say(f"version {version} ({new_score:.4f}) beats champion {current} ({old_score:.4f})")
+    tracking.promote(name, version)
+    say(f"promoted {name} version {version} to @{tracking.CHAMPION}")
+    return True
+
+
+def _logistic_proba(X: np.ndarray, y: np.ndarray, X_valid: np.ndarray, seed: int) -> np.ndarray:
+    if len(np.unique(y)) < 2:
+        return np.full(len(X_valid), float(y.mean()))
+    return models.fit_logistic(X, y, seed=seed).predict_proba(X_valid)[:, 1]
+
+
+def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{k}": float(v) for k, v in values.items()}
+
+
+def evaluate_model(
+    events_path: str | Path,
+    *,
+    model: str,
+    labels_path: str | Path | None = None,
+    as_of: object = None,
+    horizon_days: int | None = None,
+    mapping: str | None = None,
+    taxonomy_path: str | Path | None = None,
+    rulebook_path: str | Path | None = None,
+    say: Say = print,
+) -> dict[str, float]:
+    """A model's metrics on labelled snapshots of a log (every snapshot, no split)."""
+    from scoring.pyfunc import load_bundle
+
+    bundle = load_bundle(model)
+    taxonomy = load_taxonomy(taxonomy_path)
+    if tuple(taxonomy.stages) != tuple(bundle.stages):
+        raise ValueError(
+            f"the model's stages {list(bundle.stages)} differ from the taxonomy's "
+            f"{list(taxonomy.stages)}"
+        )
+    config = TrainConfig(
+        horizon_days=horizon_days or bundle.horizon_days,
+        qualifying=str(bundle.metadata.get("qualifying", "any")),
+    )
+    events, summary = load_events(events_path, mapping=load_mapping(mapping))
+    say(str(summary))
+    if labels_path is not None:
+        labels = load_labels(labels_path, taxonomy=taxonomy, as_of=as_of)
+    elif as_of is None:
+        raise ValueError("without --labels, --as-of is needed for the rulebook's labels")
+    else:
+        rulebook = load_rulebook(rulebook_path, taxonomy=taxonomy, definition=bundle.definition)
+        labels = rulebook_labels(events, parse_as_of(as_of), rulebook, bundle.definition)
+    check_horizon(events, labels["as_of"], config.horizon_days)
+    ex, dropped = build_examples(events, labels, taxonomy, bundle.definition, config)
+    if dropped:
+        say(f"warning: {dropped:,} labelled snapshot(s) have no events before their as_of")
+    return evaluate_bundle(bundle, ex, taxonomy).metrics

@@ -31,6 +31,7 @@ _KEYS = {
     "active_days_windows_days",
     "funnel_levels",
     "funnel_windows_days",
+    "last_active_windows_days",
     "purchase_group",
     "extra_event_types",
 }
@@ -52,6 +53,7 @@ class FeatureDefinition:
     active_days_windows_days: tuple[int, ...] = (7, 30, 90)
     funnel_levels: dict[int, tuple[str, ...]] = field(default_factory=dict)
     funnel_windows_days: tuple[int, ...] = (30,)
+    last_active_windows_days: tuple[int, ...] = (1, 3, 7, 30)
     purchase_group: str = "purchase"
     extra_event_types: tuple[str, ...] = ()
 
@@ -77,6 +79,7 @@ class FeatureDefinition:
             *self.monetary_windows_days,
             *self.active_days_windows_days,
             *self.funnel_windows_days,
+            *self.last_active_windows_days,
         )
         if any(w <= 0 for w in windows):
             raise ValueError("every window must be a positive number of days")
@@ -85,6 +88,7 @@ class FeatureDefinition:
             "monetary_windows_days",
             "active_days_windows_days",
             "funnel_windows_days",
+            "last_active_windows_days",
         ):
             ws = getattr(self, key)
             if list(ws) != sorted(set(ws)):
@@ -142,6 +146,29 @@ class FeatureDefinition:
         out.append(("funnel_depth_all", "highest funnel level reached (0 when none)"))
         for w in self.funnel_windows_days:
             out.append((f"funnel_depth_{w}d", f"highest funnel level in the last {w} days"))
+        for g in self.groups:
+            out.append(
+                (
+                    f"gap_{g}_days",
+                    f"days from the last {g} event to the last event of any kind "
+                    "(NaN when there is none)",
+                )
+            )
+        for g in self.group_names:
+            for w in self.last_active_windows_days:
+                out.append(
+                    (
+                        f"last_active_count_{g}_{w}d",
+                        f"{g} events in the {w} days up to and including the last event",
+                    )
+                )
+        for w in self.last_active_windows_days:
+            out.append(
+                (
+                    f"last_active_funnel_depth_{w}d",
+                    f"highest funnel level in the {w} days up to the last event",
+                )
+            )
         out += [
             ("tenure_days", "days since the first event"),
             ("purchase_days", "distinct UTC days with a purchase"),
@@ -175,6 +202,7 @@ class FeatureDefinition:
             "active_days_windows_days": list(self.active_days_windows_days),
             "funnel_levels": {int(k): list(v) for k, v in self.funnel_levels.items()},
             "funnel_windows_days": list(self.funnel_windows_days),
+            "last_active_windows_days": list(self.last_active_windows_days),
             "purchase_group": self.purchase_group,
             "extra_event_types": list(self.extra_event_types),
         }
@@ -207,6 +235,7 @@ def definition_from_dict(data: Any, *, source: str = "definition") -> FeatureDef
                 for k, v in (data.get("funnel_levels") or {}).items()
             },
             funnel_windows_days=_ints(data.get("funnel_windows_days", [30])),
+            last_active_windows_days=_ints(data.get("last_active_windows_days", [1, 3, 7, 30])),
             purchase_group=str(data.get("purchase_group", "purchase")),
             extra_event_types=tuple(str(t) for t in data.get("extra_event_types") or []),
         )

@@ -131,6 +131,7 @@ def build_features(
             spec.money_windows,
             spec.active_windows,
             spec.funnel_windows,
+            spec.last_active_windows,
             *prim.arrays(),
         )
         if progress is not None:
@@ -139,6 +140,8 @@ def build_features(
     # Window buckets -> trailing windows (windows are sorted, so each is a prefix sum).
     np.cumsum(prim.cnt, axis=2, out=prim.cnt)
     np.cumsum(prim.msum, axis=2, out=prim.msum)
+    np.cumsum(prim.lcnt, axis=2, out=prim.lcnt)
+    np.maximum.accumulate(prim.lfun, axis=1, out=prim.lfun)
     values = _derive(prim, snap_asof, definition)
     columns = definition.feature_names()
     if snapshots is not None:
@@ -302,6 +305,7 @@ class _KernelSpec:
     money_windows: np.ndarray
     active_windows: np.ndarray
     funnel_windows: np.ndarray
+    last_active_windows: np.ndarray
 
     @classmethod
     def build(cls, d: FeatureDefinition, type_names: list[str]) -> _KernelSpec:
@@ -326,6 +330,7 @@ class _KernelSpec:
             money_windows=_ns(d.monetary_windows_days),
             active_windows=_ns(d.active_days_windows_days),
             funnel_windows=_ns(d.funnel_windows_days),
+            last_active_windows=_ns(d.last_active_windows_days),
         )
 
 
@@ -356,6 +361,8 @@ class _Primitives:
     last_pt: np.ndarray  # int64[rows]: first purchase time on the latest purchase day
     gsum: np.ndarray  # float64[rows]: sum of gaps between purchase days
     gsq: np.ndarray  # float64[rows]: sum of squared gaps
+    lcnt: np.ndarray  # int64[rows, groups + all, last-active windows] (buckets, then windows)
+    lfun: np.ndarray  # int32[rows, last-active windows] (bucket maxima, then windows)
 
     @classmethod
     def empty(cls, rows: int, d: FeatureDefinition) -> _Primitives:
@@ -374,6 +381,8 @@ class _Primitives:
             last_pt=np.full(rows, _NONE, dtype=np.int64),
             gsum=np.zeros(rows),
             gsq=np.zeros(rows),
+            lcnt=np.zeros((rows, g, len(d.last_active_windows_days)), dtype=np.int64),
+            lfun=np.zeros((rows, len(d.last_active_windows_days)), dtype=np.int32),
         )
 
     def arrays(self) -> tuple[np.ndarray, ...]:
@@ -390,6 +399,8 @@ class _Primitives:
             self.last_pt,
             self.gsum,
             self.gsq,
+            self.lcnt,
+            self.lfun,
         )
 
 
@@ -414,6 +425,7 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
     mwin,
     awin,
     fwin,
+    lwin,
     cnt,
     last_t,
     first_t,
@@ -426,9 +438,12 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
     last_pt,
     gsum,
     gsq,
+    lcnt,
+    lfun,
 ):
     none = np.iinfo(np.int64).min
     n_c, n_m, n_a, n_f = cwin.shape[0], mwin.shape[0], awin.shape[0], fwin.shape[0]
+    n_l = lwin.shape[0]
     g_all = cnt.shape[1] - 1
     for c in numba.prange(lo, hi):
         e0, e1 = cust_ptr[c], cust_ptr[c + 1]
@@ -437,9 +452,11 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
             r = snap_row[s]
             last_day = np.full(n_a + 1, none, dtype=np.int64)
             prev_pday = none
+            stop = e1
             for i in range(e0, e1):
                 ti = t[i]
                 if ti >= as_of:
+                    stop = i
                     break  # time-sorted: nothing at or after as_of is ever read
                 age = as_of - ti
                 e = et[i]
@@ -492,6 +509,22 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
                             gsq[r] += gap * gap
                         pdays[r] += 1
                         prev_pday = day
+            # activity when last seen: walk back from the last event before as_of
+            if stop > e0 and n_l > 0:
+                t_last = t[stop - 1]
+                for i in range(stop - 1, e0 - 1, -1):
+                    back = t_last - t[i]
+                    if back > lwin[n_l - 1]:
+                        break
+                    kl = 0
+                    while back > lwin[kl]:
+                        kl += 1
+                    e = et[i]
+                    lcnt[r, g_all, kl] += 1
+                    for j in range(group_ptr[e], group_ptr[e + 1]):
+                        lcnt[r, group_idx[j], kl] += 1
+                    if level[e] > lfun[r, kl]:
+                        lfun[r, kl] = level[e]
 
 
 # -- features from primitives ----------------------------------------------------------
@@ -521,6 +554,13 @@ def _derive(p: _Primitives, as_of: np.ndarray, d: FeatureDefinition) -> np.ndarr
     cols += [p.active[:, k] for k in range(p.active.shape[1])]
     cols.append(p.funnel[:, -1])
     cols += [p.funnel[:, k] for k in range(len(d.funnel_windows_days))]
+    last_all = p.last_t[:, -1]
+    for gi, _ in enumerate(d.groups):
+        seen = p.last_t[:, gi] != _NONE
+        cols.append(np.where(seen, (last_all - p.last_t[:, gi]) / DAY_NS, np.nan))
+    for gi, _ in enumerate(groups):
+        cols += [p.lcnt[:, gi, k] for k in range(len(d.last_active_windows_days))]
+    cols += [p.lfun[:, k] for k in range(len(d.last_active_windows_days))]
     cols.append(_days_since(p.first_t, as_of))
 
     n_gaps = p.pdays - 1

@@ -92,6 +92,16 @@ def test_rows_are_customers_seen_before_as_of(tiny_features: pd.DataFrame) -> No
         # funnel depth: a review is level 6
         ("a", "funnel_depth_all", 6),
         ("a", "funnel_depth_30d", 6),
+        # activity when last seen (a's last event is the review on Feb 25)
+        ("a", "last_active_count_all_1d", 1),
+        ("a", "last_active_count_advocacy_7d", 1),
+        ("a", "last_active_count_all_7d", 1),
+        ("a", "last_active_count_all_30d", 4),
+        ("a", "last_active_count_purchase_30d", 3),
+        ("a", "last_active_funnel_depth_1d", 6),
+        ("a", "gap_purchase_days", 13.75),
+        ("a", "gap_browse_days", 41.0),
+        ("a", "gap_advocacy_days", 0.0),
         # tenure
         ("a", "tenure_days", 90.5),
         # purchase cadence: purchase days Feb 1 and Feb 11
@@ -135,6 +145,7 @@ def test_family_against_hand_computed_value(
         "purchase_overdue_ratio",
         "btyd_recency_days",
         "btyd_age_days",
+        "gap_purchase_days",
     ],
 )
 def test_never_purchased_is_nan_not_zero(tiny_features: pd.DataFrame, column: str) -> None:

@@ -37,7 +37,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sim")
-    write_dataset(out, customers=3000, seed=11, as_of=AS_OF)
+    write_dataset(out, customers=10_000, seed=11, as_of=AS_OF)
     return out
 
 
@@ -161,8 +161,11 @@ def test_recent_activity_never_raises_churn_risk_much(trained, events: pd.DataFr
     more = pd.concat([events.astype({"customer_id": str, "event_type": str}), recent])
     after = bundle.predict_events(more, as_of=as_of).set_index("customer_id").loc[ids]
     rise = after["churn_probability"] - before.loc[ids, "churn_probability"]
-    assert rise.max() <= 0.05, rise.sort_values().tail()
-    assert (after["churn_probability"].mean()) < before.loc[ids, "churn_probability"].mean()
+    # the head is monotone in overall activity; anchored and per-group features are
+    # free, so a small rise is tolerated, a systematic one is not
+    assert np.quantile(rise, 0.99) <= 0.02, rise.describe()
+    assert rise.max() <= 0.10, rise.sort_values().tail()
+    assert after["churn_probability"].mean() < before.loc[ids, "churn_probability"].mean() - 0.05
 
 
 def test_an_obvious_advocate_is_called_one(trained) -> None:  # type: ignore[no-untyped-def]

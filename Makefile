@@ -16,9 +16,23 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 
+# The main job: simulate a shop, train both heads tracked in MLflow (SQLite store
+# ./mlflow.db), register and promote the model, then score every customer.
 demo: install
-	$(BIN)/lifecycle simulate --customers 5000 --seed 7 --out $(DEMO)/data
-	$(BIN)/lifecycle features --events $(DEMO)/data/events.parquet --as-of $$($(BIN)/python -c "import json;print(json.load(open('$(DEMO)/data/metadata.json'))['as_of'][0])") --out $(DEMO)/features.parquet
+	$(BIN)/lifecycle simulate --customers 20000 --seed 7 --out $(DEMO)/data \
+		--as-of 2024-09-30 --as-of 2024-12-31
+	$(BIN)/lifecycle features --events $(DEMO)/data/events.parquet --as-of 2024-12-31 \
+		--out $(DEMO)/features.parquet
+	$(BIN)/lifecycle train --events $(DEMO)/data/events.parquet --labels $(DEMO)/data/labels.csv \
+		--register lifecycle --promote-if-better
+	$(BIN)/lifecycle score --events $(DEMO)/data/events.parquet --model models:/lifecycle@champion \
+		--as-of 2024-12-31 --out $(DEMO)/scores.csv
+	@echo
+	@echo "Done. What was made:"
+	@echo "  events, labels, oracle:  $(DEMO)/data/"
+	@echo "  features:                $(DEMO)/features.parquet"
+	@echo "  scores:                  $(DEMO)/scores.csv"
+	@echo "  MLflow runs and models:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then http://127.0.0.1:5000)"
 
 lint: install-test
 	$(BIN)/ruff check .

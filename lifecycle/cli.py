@@ -36,6 +36,12 @@ def user_errors(func: F) -> F:
             message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(code=2) from None
+        except Exception as exc:
+            # MLflow's errors (unknown model, registry trouble) are the user's to fix too
+            if not type(exc).__module__.startswith("mlflow"):
+                raise
+            typer.echo(f"error: {str(exc).splitlines()[0]}", err=True)
+            raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: no output was written", err=True)
             raise typer.Exit(code=130) from None

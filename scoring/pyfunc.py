@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from scoring.bundle import ModelBundle
 
@@ -21,7 +21,7 @@ BUNDLE_ARTIFACT = "bundle"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 
 
-class LifecycleModel(mlflow.pyfunc.PythonModel):
+class LifecycleModel(PythonModel):
     """Stage and churn scores from feature vectors, for MLflow serving and Spark UDFs."""
 
     def __init__(self) -> None:

@@ -25,6 +25,8 @@ def configure(experiment: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the tracking store and experiment; return the tracking URI."""
     uri = default_tracking_uri()
     mlflow.set_tracking_uri(uri)
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return uri  # inside `mlflow run`: the project's run and experiment are already set
     if mlflow.get_experiment_by_name(experiment) is None:
         location = None
         if "MLFLOW_TRACKING_URI" not in os.environ:

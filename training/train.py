@@ -208,7 +208,8 @@ def train(
     }
 
     tracking.configure(experiment)
-    with mlflow.start_run(run_name=f"train-{summary['as_of'][-1][:10]}") as run:
+    latest = max(examples.keys["as_of"]).date().isoformat()
+    with mlflow.start_run(run_name=f"train-{latest}") as run:
         params = {
             **tracking.flatten("config", asdict(config)),
             "label_source": label_source,

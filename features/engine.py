@@ -142,13 +142,15 @@ def build_features(
     np.cumsum(prim.msum, axis=2, out=prim.msum)
     np.cumsum(prim.lcnt, axis=2, out=prim.lcnt)
     np.maximum.accumulate(prim.lfun, axis=1, out=prim.lfun)
-    values = _derive(prim, snap_asof, definition)
+    values = _derive(prim, snap_asof, definition)  # shape (features, rows)
     columns = definition.feature_names()
     if snapshots is not None:
-        return pd.DataFrame(values, columns=columns, index=index)
+        return pd.DataFrame(values.T, columns=columns, index=index, copy=False)
     keep = prim.cnt[:, -1, -1] > 0
+    if not keep.all():
+        values = values[:, keep]
     ids = pd.Index(log.customers[keep], name=CUSTOMER_ID)
-    return pd.DataFrame(values[keep], columns=columns, index=ids)
+    return pd.DataFrame(values.T, columns=columns, index=ids, copy=False)
 
 
 # -- input layout ----------------------------------------------------------------------
@@ -196,9 +198,15 @@ def _as_categorical(values: pd.Series, name: str) -> pd.Categorical:
     if isinstance(values.dtype, pd.CategoricalDtype):
         cat = values.array
         assert isinstance(cat, pd.Categorical)
-        # Output rows follow category order, which must therefore be sorted.
-        if name == CUSTOMER_ID and not cat.categories.is_monotonic_increasing:
-            cat = pd.Categorical(np.asarray(cat).astype(str))
+        if name == CUSTOMER_ID:
+            # Output rows follow category order, which must therefore be sorted; and the
+            # work is sized by the number of categories, so unused ones are dropped.
+            if not cat.categories.is_monotonic_increasing:
+                cat = pd.Categorical(np.asarray(cat).astype(str))
+            elif len(cat.codes) and cat.codes.min() >= 0:
+                used = np.bincount(cat.codes, minlength=len(cat.categories))
+                if not used.all():
+                    cat = cat.remove_unused_categories()
         return cat
     if values.isna().any():
         raise ValueError(f"column {name!r} has missing values")
@@ -583,9 +591,11 @@ def _derive(p: _Primitives, as_of: np.ndarray, d: FeatureDefinition) -> np.ndarr
         np.where(bought, (p.last_pt - p.first_pt) / DAY_NS, np.nan),
         _days_since(p.first_pt, as_of),
     ]
-    out = np.empty((rows, len(cols)), dtype=np.float64)
+    # Feature-major, so each column is one contiguous write and the frame built on
+    # its transpose needs no copy.
+    out = np.empty((len(cols), rows), dtype=np.float64)
     for j, col in enumerate(cols):
-        out[:, j] = col
+        out[j] = col
     return out
 
 

@@ -411,3 +411,11 @@ def test_btyd_summary_is_consistent_when_purchases_share_a_day() -> None:
     assert row["btyd_frequency"] == 0
     assert row["btyd_recency_days"] == 0
     assert row["btyd_age_days"] == pytest.approx(29 - 1 / 24)
+
+
+def test_unused_customer_categories_are_not_rows(tiny: pd.DataFrame) -> None:
+    # a filtered categorical log keeps categories of customers it no longer holds
+    cat = tiny.assign(customer_id=pd.Categorical(tiny["customer_id"], categories=list("abcdxyz")))
+    out = build_features(cat[cat["customer_id"] != "d"], as_of=AS_OF)
+    assert list(out.index) == ["a", "b"]
+    pd.testing.assert_frame_equal(out, build_features(tiny, as_of=AS_OF).loc[["a", "b"]])

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from features.config import read_yaml
 from features.contract import CANONICAL_EVENT_TYPES
 
 ALL = "all"
@@ -247,19 +245,9 @@ def definition_from_dict(data: Any, *, source: str = "definition") -> FeatureDef
 
 def load_definition(path: str | Path | None = None) -> FeatureDefinition:
     """Load a definition YAML file; ``None`` loads the shipped default."""
-    if path is None:
-        text = resources.files("features.config").joinpath("definition.yaml").read_text()
-        source = "default definition"
-    else:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ValueError(f"cannot read feature definition {path}: {exc.strerror}") from None
-        source = str(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{source} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data, source = read_yaml(
+        path, package="features.config", default="definition.yaml", what="feature definition"
+    )
     return definition_from_dict(data, source=source)
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-import yaml
+from features.config import read_yaml
 
 
 @dataclass(frozen=True)
@@ -56,16 +55,10 @@ def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
 
     The file holds ``stages: [{name: ..., synonyms: [...]}, ...]`` in funnel order.
     """
-    if path is None:
-        text = resources.files("features.config").joinpath("stages.yaml").read_text()
-        source = "the default taxonomy"
-    else:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ValueError(f"cannot read taxonomy file {path}: {exc.strerror}") from exc
-        source = str(path)
-    data = yaml.safe_load(text) or {}
+    data, source = read_yaml(
+        path, package="features.config", default="stages.yaml", what="taxonomy"
+    )
+    data = data or {}
     entries = data.get("stages") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{source} must hold a non-empty 'stages' list")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from features.config import read_yaml
 from features.contract import CUSTOMER_ID, parse_as_of, parse_timestamps
 from features.definition import DAY_NS, FeatureDefinition
 from features.engine import build_features
@@ -117,16 +116,9 @@ def load_rulebook(
     path: str | Path | None = None, *, taxonomy: Taxonomy, definition: FeatureDefinition
 ) -> Rulebook:
     """Load a rulebook YAML (``None``: the shipped one), checked against the feature names."""
-    if path is None:
-        text = resources.files("training.config").joinpath("rulebook.yaml").read_text()
-        source = "default rulebook"
-    else:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ValueError(f"cannot read rulebook {path}: {exc.strerror}") from None
-        source = str(path)
-    data = yaml.safe_load(text)
+    data, source = read_yaml(
+        path, package="training.config", default="rulebook.yaml", what="rulebook"
+    )
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         raise ValueError(f"{source} must hold a 'rules' list and a 'default' stage")
     columns = set(definition.feature_names())

@@ -175,6 +175,17 @@ def pandas_features(
         seen = level.where(by_type[f"last_{w}"] > 0, 0)
         out[f"last_active_funnel_depth_{w}d"] = seen.groupby(by_type[_CUST], observed=True).max()
 
+    if d.last_active_by_event_type:
+        per_type = by_type.set_index([_CUST, _TYPE])
+        for typ in d.event_types:
+            for w in d.last_active_windows_days:
+                counts = (
+                    per_type[f"last_{w}"].xs(typ, level=_TYPE)
+                    if (typ in per_type.index.get_level_values(_TYPE))
+                    else pd.Series(dtype=np.int64)
+                )
+                out[f"last_active_count_type_{typ}_{w}d"] = counts.reindex(customers, fill_value=0)
+
     out["tenure_days"] = everyone["max_age"] / DAY_NS
 
     # -- purchase cadence over distinct purchase days ---------------------------------

@@ -30,6 +30,7 @@ _KEYS = {
     "funnel_levels",
     "funnel_windows_days",
     "last_active_windows_days",
+    "last_active_by_event_type",
     "purchase_group",
     "extra_event_types",
 }
@@ -52,6 +53,7 @@ class FeatureDefinition:
     funnel_levels: dict[int, tuple[str, ...]] = field(default_factory=dict)
     funnel_windows_days: tuple[int, ...] = (30,)
     last_active_windows_days: tuple[int, ...] = (1, 3, 7, 30)
+    last_active_by_event_type: bool = True
     purchase_group: str = "purchase"
     extra_event_types: tuple[str, ...] = ()
 
@@ -106,6 +108,11 @@ class FeatureDefinition:
         return tuple(
             sorted({*self.count_windows_days, self.trend_recent_days, self.trend_baseline_days})
         )
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        """Every event type the definition knows: the canonical ones, then the extra ones."""
+        return (*CANONICAL_EVENT_TYPES, *self.extra_event_types)
 
     def feature_names(self) -> list[str]:
         """Output columns, in order. Names are stable: they only change with the definition."""
@@ -167,6 +174,15 @@ class FeatureDefinition:
                     f"highest funnel level in the {w} days up to the last event",
                 )
             )
+        if self.last_active_by_event_type:
+            for t in self.event_types:
+                for w in self.last_active_windows_days:
+                    out.append(
+                        (
+                            f"last_active_count_type_{t}_{w}d",
+                            f"{t} events in the {w} days up to and including the last event",
+                        )
+                    )
         out += [
             ("tenure_days", "days since the first event"),
             ("purchase_days", "distinct UTC days with a purchase"),
@@ -201,6 +217,7 @@ class FeatureDefinition:
             "funnel_levels": {int(k): list(v) for k, v in self.funnel_levels.items()},
             "funnel_windows_days": list(self.funnel_windows_days),
             "last_active_windows_days": list(self.last_active_windows_days),
+            "last_active_by_event_type": self.last_active_by_event_type,
             "purchase_group": self.purchase_group,
             "extra_event_types": list(self.extra_event_types),
         }
@@ -234,6 +251,7 @@ def definition_from_dict(data: Any, *, source: str = "definition") -> FeatureDef
             },
             funnel_windows_days=_ints(data.get("funnel_windows_days", [30])),
             last_active_windows_days=_ints(data.get("last_active_windows_days", [1, 3, 7, 30])),
+            last_active_by_event_type=bool(data.get("last_active_by_event_type", True)),
             purchase_group=str(data.get("purchase_group", "purchase")),
             extra_event_types=tuple(str(t) for t in data.get("extra_event_types") or []),
         )

@@ -132,6 +132,7 @@ def build_features(
             spec.active_windows,
             spec.funnel_windows,
             spec.last_active_windows,
+            spec.type_column,
             *prim.arrays(),
         )
         if progress is not None:
@@ -142,6 +143,7 @@ def build_features(
     np.cumsum(prim.msum, axis=2, out=prim.msum)
     np.cumsum(prim.lcnt, axis=2, out=prim.lcnt)
     np.maximum.accumulate(prim.lfun, axis=1, out=prim.lfun)
+    np.cumsum(prim.ltyp, axis=2, out=prim.ltyp)
     values = _derive(prim, snap_asof, definition)  # shape (features, rows)
     columns = definition.feature_names()
     if snapshots is not None:
@@ -314,6 +316,7 @@ class _KernelSpec:
     active_windows: np.ndarray
     funnel_windows: np.ndarray
     last_active_windows: np.ndarray
+    type_column: np.ndarray  # column of each log event type among definition.event_types, or -1
 
     @classmethod
     def build(cls, d: FeatureDefinition, type_names: list[str]) -> _KernelSpec:
@@ -339,6 +342,12 @@ class _KernelSpec:
             active_windows=_ns(d.active_days_windows_days),
             funnel_windows=_ns(d.funnel_windows_days),
             last_active_windows=_ns(d.last_active_windows_days),
+            type_column=np.array(
+                [d.event_types.index(n) if n in d.event_types else -1 for n in type_names]
+                if d.last_active_by_event_type
+                else [-1] * len(type_names),
+                dtype=np.int64,
+            ),
         )
 
 
@@ -371,6 +380,7 @@ class _Primitives:
     gsq: np.ndarray  # float64[rows]: sum of squared gaps
     lcnt: np.ndarray  # int64[rows, groups + all, last-active windows] (buckets, then windows)
     lfun: np.ndarray  # int32[rows, last-active windows] (bucket maxima, then windows)
+    ltyp: np.ndarray  # int32[rows, event types, last-active windows] (buckets, then windows)
 
     @classmethod
     def empty(cls, rows: int, d: FeatureDefinition) -> _Primitives:
@@ -391,6 +401,14 @@ class _Primitives:
             gsq=np.zeros(rows),
             lcnt=np.zeros((rows, g, len(d.last_active_windows_days)), dtype=np.int64),
             lfun=np.zeros((rows, len(d.last_active_windows_days)), dtype=np.int32),
+            ltyp=np.zeros(
+                (
+                    rows,
+                    len(d.event_types) if d.last_active_by_event_type else 0,
+                    len(d.last_active_windows_days),
+                ),
+                dtype=np.int32,
+            ),
         )
 
     def arrays(self) -> tuple[np.ndarray, ...]:
@@ -409,6 +427,7 @@ class _Primitives:
             self.gsq,
             self.lcnt,
             self.lfun,
+            self.ltyp,
         )
 
 
@@ -434,6 +453,7 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
     awin,
     fwin,
     lwin,
+    type_col,
     cnt,
     last_t,
     first_t,
@@ -448,6 +468,7 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
     gsq,
     lcnt,
     lfun,
+    ltyp,
 ):
     none = np.iinfo(np.int64).min
     n_c, n_m, n_a, n_f = cwin.shape[0], mwin.shape[0], awin.shape[0], fwin.shape[0]
@@ -533,6 +554,9 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
                         lcnt[r, group_idx[j], kl] += 1
                     if level[e] > lfun[r, kl]:
                         lfun[r, kl] = level[e]
+                    tc = type_col[e]
+                    if tc >= 0:
+                        ltyp[r, tc, kl] += 1
 
 
 # -- features from primitives ----------------------------------------------------------
@@ -569,6 +593,8 @@ def _derive(p: _Primitives, as_of: np.ndarray, d: FeatureDefinition) -> np.ndarr
     for gi, _ in enumerate(groups):
         cols += [p.lcnt[:, gi, k] for k in range(len(d.last_active_windows_days))]
     cols += [p.lfun[:, k] for k in range(len(d.last_active_windows_days))]
+    for ti in range(p.ltyp.shape[1]):
+        cols += [p.ltyp[:, ti, k] for k in range(len(d.last_active_windows_days))]
     cols.append(_days_since(p.first_t, as_of))
 
     n_gaps = p.pdays - 1

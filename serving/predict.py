@@ -1,0 +1,270 @@
+"""Scoring inside the server: a loaded model with everything precomputed, and the hot path.
+
+:class:`ServedModel` is built once per model load (feature names and descriptions,
+calibration constants, the playbook resolved to a lookup table, event-type codes) and
+never changes afterwards, so a request that captured one keeps a consistent model even
+while a newer one is swapped in.
+
+Per request, events become NumPy arrays in one pass over the parsed body, one canonical
+event frame is built from them without parsing anything again, the feature engine runs
+once for all customers. The stage head gives raw scores for all stages, then TreeSHAP
+runs only for the predicted stage, on a booster holding that stage's trees alone
+(:func:`serving.reasons.split_multiclass`: several times cheaper than explaining every
+stage). The churn head runs once with ``pred_contrib=True``: the contributions give the
+reasons and their row sums are the raw margin. LightGBM and the feature engine run on
+one thread: a request is small, and threads of concurrent requests would only compete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import lightgbm as lgb
+import numba
+import numpy as np
+import pandas as pd
+
+from features.contract import AMOUNT, CANONICAL_EVENT_TYPES, CUSTOMER_ID, EVENT_TYPE, TIMESTAMP
+from features.engine import build_features
+from scoring.bundle import ModelBundle, sigmoid, softmax
+from serving.playbook import Playbook
+from serving.reasons import split_multiclass, top_contributions
+from serving.schemas import (
+    CustomerEvents,
+    CustomerFeatures,
+    NextBestAction,
+    Reason,
+    Reasons,
+    Score,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_EVENT_DTYPE = pd.CategoricalDtype(pd.Index(sorted(CANONICAL_EVENT_TYPES), dtype=object))
+_EVENT_CODE = {name: code for code, name in enumerate(_EVENT_DTYPE.categories)}
+
+
+class MissingFeatures(ValueError):
+    """A feature vector lacks features the model needs: ``missing`` lists (customer, name)."""
+
+    def __init__(self, missing: list[tuple[int, str]]) -> None:
+        super().__init__(f"{len(missing)} feature(s) missing")
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model bundle ready to serve, with its identity and every per-model constant.
+
+    Build with :meth:`build`; immutable afterwards.
+    """
+
+    bundle: ModelBundle
+    name: str
+    version: str
+    uri: str
+    loaded_at: datetime
+    reasons: int
+    feature_names: tuple[str, ...]
+    descriptions: tuple[str, ...]
+    actions: dict[tuple[str, str], NextBestAction]
+    _feature_set: frozenset[str] = field(repr=False)
+    _stage_names: np.ndarray = field(repr=False)
+    _stage_weights: np.ndarray = field(repr=False)
+    _class_boosters: tuple[lgb.Booster, ...] = field(repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        bundle: ModelBundle,
+        *,
+        name: str,
+        version: str,
+        uri: str,
+        playbook: Playbook,
+        reasons: int = 3,
+    ) -> ServedModel:
+        """Precompute everything a request needs; raises ``ValueError`` on a bad playbook."""
+        described = dict(bundle.definition.describe())
+        names = tuple(bundle.feature_names)
+        table = playbook.resolve(bundle.stages)
+        actions = {
+            key: NextBestAction(action=a.action, description=a.description)
+            for key, a in table.items()
+        }
+        return cls(
+            bundle=bundle,
+            name=name,
+            version=version,
+            uri=uri,
+            loaded_at=datetime.now(UTC),
+            reasons=reasons,
+            feature_names=names,
+            descriptions=tuple(described.get(n, n) for n in names),
+            actions=actions,
+            _feature_set=frozenset(names),
+            _stage_names=np.asarray(bundle.stages, dtype=object),
+            _stage_weights=np.asarray(bundle.stage_weights, dtype=np.float64),
+            _class_boosters=_class_boosters(bundle),
+        )
+
+    @property
+    def run_id(self) -> str | None:
+        run = self.bundle.metadata.get("run_id")
+        return None if run is None else str(run)
+
+    # -- requests ------------------------------------------------------------------------
+    def score_events(self, customers: Sequence[CustomerEvents], as_of: datetime) -> list[Score]:
+        """Build features at ``as_of`` from each customer's events, then score them."""
+        X = self.features_from_events(customers, as_of)
+        return self.score_matrix([c.customer_id for c in customers], X)
+
+    def score_features(self, customers: Sequence[CustomerFeatures]) -> list[Score]:
+        """Score precomputed feature vectors; raises :class:`MissingFeatures`."""
+        names = self.feature_names
+        X = np.empty((len(customers), len(names)), dtype=np.float64)
+        missing: list[tuple[int, str]] = []
+        for i, customer in enumerate(customers):
+            values = customer.features
+            if not self._feature_set <= values.keys():
+                missing.extend((i, n) for n in names if n not in values)
+                continue
+            X[i] = np.array([values[n] for n in names], dtype=np.float64)  # None -> NaN
+        if missing:
+            raise MissingFeatures(missing)
+        return self.score_matrix([c.customer_id for c in customers], X)
+
+    def features_from_events(
+        self, customers: Sequence[CustomerEvents], as_of: datetime
+    ) -> np.ndarray:
+        """Feature matrix, one row per customer entry in request order.
+
+        Entries are keyed by position, not by id, so an id sent twice is scored twice,
+        each time from its own events.
+        """
+        n = len(customers)
+        counts = np.fromiter((len(c.events) for c in customers), dtype=np.int64, count=n)
+        events = [e for c in customers for e in c.events]
+        total = len(events)
+        nanos = np.fromiter(
+            ((e.timestamp - _EPOCH) // _MICROSECOND for e in events), dtype=np.int64, count=total
+        )
+        nanos *= 1000
+        codes = np.fromiter((_EVENT_CODE[e.event_type] for e in events), np.int16, count=total)
+        amount = np.fromiter(
+            (np.nan if e.amount is None else e.amount for e in events), np.float64, count=total
+        )
+        # Refunds arrive as +x or -x depending on the source; the files keep the magnitude.
+        refund = codes == _EVENT_CODE["refund"]
+        if refund.any():
+            amount[refund] = np.abs(amount[refund])
+        frame = pd.DataFrame(
+            {
+                CUSTOMER_ID: pd.Categorical.from_codes(
+                    np.repeat(np.arange(n), counts),
+                    dtype=pd.CategoricalDtype(pd.RangeIndex(n)),
+                    validate=False,
+                ),
+                TIMESTAMP: pd.DatetimeIndex(nanos.view("M8[ns]")).tz_localize(UTC),
+                EVENT_TYPE: pd.Categorical.from_codes(codes, dtype=_EVENT_DTYPE, validate=False),
+                AMOUNT: amount,
+            },
+            copy=False,
+        )
+        when = pd.Timestamp(as_of)
+        definition = self.bundle.definition
+        # The engine's kernels are parallel; for a request's few customers, waking
+        # threads costs more than it saves (the setting is per calling thread).
+        numba.set_num_threads(1)
+        built = build_features(frame, as_of=when, definition=definition)
+        values = built.to_numpy(dtype=np.float64)
+        if len(built) == n:  # rows come in category order: request order
+            return values
+        # Entries with no event before as_of: the engine's features of an empty history.
+        X = np.empty((n, values.shape[1]), dtype=np.float64)
+        seen = built.index.astype(int).to_numpy()
+        X[seen] = values
+        absent = np.setdiff1d(np.arange(n), seen)
+        snaps = pd.DataFrame({CUSTOMER_ID: absent.astype(str), "as_of": [when] * len(absent)})
+        X[absent] = build_features(frame, snapshots=snaps, definition=definition).to_numpy()
+        return X
+
+    def score_matrix(self, ids: Sequence[str], X: np.ndarray) -> list[Score]:
+        """Scores, reasons and actions for a feature matrix in :attr:`feature_names` order."""
+        n, f = X.shape
+        bundle = self.bundle
+        raw = np.asarray(bundle.stage_booster.predict(X, raw_score=True, num_threads=1))
+        inv_t = 1.0 / bundle.stage_temperature
+        proba = softmax(raw.reshape(n, len(bundle.stages)) * inv_t)
+        pick = np.argmax(proba * self._stage_weights, axis=1)
+        stage_contrib = np.empty((n, f), dtype=np.float64)
+        for k in np.unique(pick).tolist():
+            rows = pick == k
+            contrib = self._class_boosters[k].predict(X[rows], pred_contrib=True, num_threads=1)
+            stage_contrib[rows] = np.asarray(contrib)[:, :f] * inv_t
+        # The churn contributions sum to the raw margin; calibration is then the bundle's.
+        churn_c = np.asarray(
+            bundle.churn_booster.predict(X, pred_contrib=True, num_threads=1), dtype=np.float64
+        ).reshape(n, f + 1)
+        a, b = bundle.churn_platt
+        churn = sigmoid(a * churn_c.sum(axis=1) + b)
+        bands = bundle.risk_band(churn)
+        churn_contrib = churn_c[:, :f] * a
+        top_stage = top_contributions(stage_contrib, self.reasons)
+        top_churn = top_contributions(churn_contrib, self.reasons)
+
+        stages = self._stage_names
+        proba_list = proba.tolist()
+        churn_list = churn.tolist()
+        scores: list[Score] = []
+        for i in range(n):
+            stage = str(stages[pick[i]])
+            band = str(bands[i])
+            scores.append(
+                Score.model_construct(
+                    customer_id=ids[i],
+                    stage=stage,
+                    stage_probabilities=dict(zip(bundle.stages, proba_list[i], strict=True)),
+                    churn_probability=churn_list[i],
+                    churn_risk=band,
+                    reasons=Reasons.model_construct(
+                        stage=self._reasons(X[i], stage_contrib[i], top_stage[i]),
+                        churn=self._reasons(X[i], churn_contrib[i], top_churn[i]),
+                    ),
+                    next_best_action=self.actions[stage, band],
+                    model_name=self.name,
+                    model_version=self.version,
+                )
+            )
+        return scores
+
+    def _reasons(self, x: np.ndarray, contrib: np.ndarray, top: np.ndarray) -> list[Reason]:
+        out = []
+        for j in top.tolist():
+            value = float(x[j])
+            out.append(
+                Reason.model_construct(
+                    feature=self.feature_names[j],
+                    value=None if value != value else value,  # NaN -> null
+                    contribution=float(contrib[j]),
+                    description=self.descriptions[j],
+                )
+            )
+        return out
+
+
+def _class_boosters(bundle: ModelBundle) -> tuple[lgb.Booster, ...]:
+    """Per-stage boosters for the reasons, checked to reproduce the stage head's scores."""
+    parts = split_multiclass(bundle.stage_booster)
+    f = len(bundle.feature_names)
+    rng = np.random.default_rng(0)
+    probe = rng.exponential(10.0, size=(64, f))
+    probe[rng.random(probe.shape) < 0.2] = np.nan
+    probe[0] = 0.0
+    raw = np.asarray(bundle.stage_booster.predict(probe, raw_score=True)).reshape(64, -1)
+    for k, part in enumerate(parts):
+        if not np.allclose(part.predict(probe, raw_score=True), raw[:, k], rtol=0, atol=1e-9):
+            raise ValueError(f"the stage head could not be split by class (class {k} differs)")
+    return tuple(parts)

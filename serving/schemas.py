@@ -1,0 +1,315 @@
+"""Request and response bodies of the HTTP API, as pydantic models.
+
+Event rows get the same checks as rows of an event file (:mod:`features.events`), with
+the same reason names: ``missing_customer_id``, ``missing_event_type``,
+``unparseable_timestamp``, ``unparseable_amount``, ``negative_purchase_amount`` and
+``unknown_event_type`` (the strict policy). A bad row is not quarantined here but
+refused with 422, its location (customer index, event index, field) in ``loc``.
+
+The JSON Schema carries the same rules where JSON Schema can say them (event type
+enum, non-negative purchase amounts, the supported time range), so a client generated
+from the OpenAPI document, or a fuzzer, knows what is accepted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from features.contract import CANONICAL_EVENT_TYPES
+
+_EVENT_TYPES = frozenset(CANONICAL_EVENT_TYPES)
+# Times are kept as nanoseconds since the epoch in int64, as in the event files.
+_EARLIEST = datetime(1678, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2262, 1, 1, tzinfo=UTC)
+# RFC 3339 date-time with a year in 1678-2261 (ISO 8601 without an offset is accepted
+# too and read as UTC; the schema names the zoned form clients should send).
+_TIME_PATTERN = (
+    r"^(167[89]|16[89]\d|1[7-9]\d\d|2[01]\d\d|22[0-5]\d|226[01])-(0[1-9]|1[0-2])-"
+    r"(0[1-9]|[12]\d|3[01])[Tt ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,9})?"
+    r"([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+)
+# What counts as blank: Python's whitespace (what the file loader strips) plus the
+# byte-order mark, spelled out so JSON Schema's regex dialect reads it the same way.
+_BLANK = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_NOT_BLANK = re.compile(f"[^{_BLANK}]")
+_TIME_DOC = (
+    "ISO 8601 time; without an offset it is UTC. Years 1678-2261 (the range of nanosecond times)."
+)
+
+
+_DATETIME = TypeAdapter(datetime)
+
+
+def _time_string(value: object) -> object:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("unparseable_timestamp: expected an ISO 8601 time string")
+    try:
+        return _DATETIME.validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(f"unparseable_timestamp: {exc.errors()[0]['msg']}") from None
+
+
+def _in_range(value: datetime) -> datetime:
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if not _EARLIEST <= value < _LATEST:
+        raise ValueError("unparseable_timestamp: time outside the supported years 1678-2261")
+    return value
+
+
+#: An ISO 8601 time, naive read as UTC, returned as an aware UTC ``datetime``.
+UtcTime = Annotated[
+    datetime,
+    BeforeValidator(_time_string),
+    AfterValidator(_in_range),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": _TIME_PATTERN,
+            "description": _TIME_DOC,
+        }
+    ),
+]
+
+
+def _event_type(value: str) -> str:
+    name = value.strip()
+    if not name:
+        raise ValueError("missing_event_type: event_type is blank")
+    if name not in _EVENT_TYPES:
+        close = difflib.get_close_matches(name, CANONICAL_EVENT_TYPES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown_event_type: {name!r} is not a canonical event type{hint}")
+    return name
+
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _number(value: object) -> object:
+    # JSON numbers only: "5" or true are not amounts (pydantic would convert them).
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    raise ValueError("unparseable_amount: expected a JSON number or null")
+
+
+def _customer_id(value: str) -> str:
+    if not _NOT_BLANK.search(value):
+        raise ValueError("missing_customer_id: customer_id is blank")
+    return value
+
+
+CustomerId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=256,
+        json_schema_extra={"pattern": _NOT_BLANK.pattern},
+        description="The customer's id, as in the CRM.",
+        examples=["c0001234"],
+    ),
+    AfterValidator(_customer_id),
+]
+
+
+class Event(BaseModel):
+    """One event of a customer (SPEC §3); unknown fields are ignored."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            # A purchase amount cannot be negative (refunds may be sent as -x or x).
+            "if": {"properties": {"event_type": {"const": "purchase"}}, "required": ["event_type"]},
+            "then": {
+                "properties": {
+                    "amount": {"anyOf": [{"type": "number", "minimum": 0}, {"type": "null"}]}
+                }
+            },
+        },
+    )
+
+    timestamp: UtcTime
+    event_type: Annotated[
+        str,
+        Field(
+            json_schema_extra={"enum": list(CANONICAL_EVENT_TYPES)},
+            description="A canonical event type.",
+            examples=["purchase"],
+        ),
+        AfterValidator(_event_type),
+    ]
+    amount: Annotated[FiniteFloat | None, BeforeValidator(_number)] = Field(
+        default=None,
+        description="Money for purchases and refunds (refunds may be negative or positive).",
+    )
+    channel: str | None = Field(default=None, max_length=256, description="Acquisition channel.")
+
+    @model_validator(mode="after")
+    def _purchase_not_negative(self) -> Event:
+        if self.event_type == "purchase" and self.amount is not None and self.amount < 0:
+            raise ValueError("negative_purchase_amount: a purchase amount cannot be negative")
+        return self
+
+
+class CustomerEvents(BaseModel):
+    """A customer and their events (any order; events at or after ``as_of`` are unused)."""
+
+    customer_id: CustomerId
+    events: list[Event] = Field(
+        description="The customer's events. An empty list scores a customer with no history."
+    )
+
+
+class ScoreEventsRequest(BaseModel):
+    """Customers with their raw events, scored at one point in time."""
+
+    customers: list[CustomerEvents] = Field(min_length=1)
+    as_of: UtcTime | None = Field(
+        default=None,
+        description="Score as of this time (only events strictly before it are used). "
+        "Default: now. " + _TIME_DOC,
+    )
+
+
+FeatureValue = Annotated[FiniteFloat | None, BeforeValidator(_number)]
+
+
+class CustomerFeatures(BaseModel):
+    """A customer and a precomputed feature vector (``GET /v1/model`` lists the names)."""
+
+    customer_id: CustomerId
+    features: dict[str, FeatureValue] = Field(
+        description="Feature name -> value; null means missing (NaN). Every feature of the "
+        "model is required; extra names are ignored."
+    )
+
+
+class ScoreFeaturesRequest(BaseModel):
+    """Customers with precomputed features."""
+
+    customers: list[CustomerFeatures] = Field(min_length=1)
+
+
+# -- responses ---------------------------------------------------------------------------
+
+
+class Reason(BaseModel):
+    """One feature's TreeSHAP contribution to this customer's prediction."""
+
+    feature: str
+    value: float | None = Field(description="The feature's value (null: missing).")
+    contribution: float = Field(
+        description="Contribution to the calibrated logit (stage) or margin (churn); "
+        "positive pushes towards the predicted stage / towards churn."
+    )
+    description: str
+
+
+class Reasons(BaseModel):
+    """Top features by absolute contribution, largest first."""
+
+    stage: list[Reason] = Field(description="Towards the predicted stage's logit.")
+    churn: list[Reason] = Field(description="Towards the churn margin.")
+
+
+class NextBestAction(BaseModel):
+    """What to do next, from the playbook entry for this stage and risk band."""
+
+    action: str
+    description: str
+
+
+class Score(BaseModel):
+    """The prediction for one customer."""
+
+    customer_id: str
+    stage: str
+    stage_probabilities: dict[str, float]
+    churn_probability: float = Field(ge=0, le=1)
+    churn_risk: Literal["low", "medium", "high"]
+    reasons: Reasons
+    next_best_action: NextBestAction
+    model_name: str
+    model_version: str
+
+
+class ScoreResponse(BaseModel):
+    """Scores in request order, all from one model version."""
+
+    model_name: str
+    model_version: str
+    as_of: datetime | None = Field(description="The time scored at (null for features).")
+    scores: list[Score]
+
+
+class RiskThresholds(BaseModel):
+    """Churn probability bands: low below ``medium_from``, high from ``high_from``."""
+
+    medium_from: float
+    high_from: float
+
+
+class ModelInfo(BaseModel):
+    """The model being served."""
+
+    name: str
+    version: str
+    uri: str
+    run_id: str | None
+    stages: list[str]
+    feature_count: int
+    feature_names: list[str]
+    horizon_days: int
+    risk_thresholds: RiskThresholds
+    loaded_at: datetime
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "no_model", "draining"]
+    model_version: str | None = None
+
+
+class ReloadResult(BaseModel):
+    changed: bool
+    previous_version: str | None
+    version: str | None
+
+
+class ErrorBody(BaseModel):
+    """Error responses other than 422."""
+
+    detail: str
+
+
+def error_doc(description: str, **headers: str) -> dict[str, Any]:
+    """An OpenAPI ``responses=`` entry with the :class:`ErrorBody` model."""
+    doc: dict[str, Any] = {"model": ErrorBody, "description": description}
+    if headers:
+        doc["headers"] = {
+            name: {"description": text, "schema": {"type": "string"}}
+            for name, text in headers.items()
+        }
+    return doc

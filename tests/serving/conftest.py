@@ -1,0 +1,89 @@
+"""Fixtures for the HTTP API: two trained models in a throwaway registry, app factories.
+
+Training runs once per session (two small models on simulated data, about half a
+minute). Version 1 of ``lifecycle-serving`` is the champion; version 2 is registered,
+not promoted, with different predictions, so a test can tell which model answered.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from fastapi.testclient import TestClient
+
+from features.events import load_events
+from scoring.pyfunc import load_bundle
+from serving.app import create_app
+from simulator import write_dataset
+from tests.serving.support import AS_OF, NAME, Trained, settings
+from training.train import TrainConfig, train
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
+    root = tmp_path_factory.mktemp("serving-registry")
+    data = root / "data"
+    write_dataset(data, customers=1500, seed=7, as_of=[AS_OF])
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("lifecycle", artifact_location=(root / "artifacts").as_uri())
+    quiet: Callable[[str], None] = lambda _: None  # noqa: E731
+    with pytest.MonkeyPatch.context() as cwd:
+        cwd.chdir(root)
+        train(
+            data / "events.parquet",
+            labels_path=data / "labels.csv",
+            config=TrainConfig(max_rounds=40, seed=1),
+            register=NAME,
+            promote_if_better=True,
+            say=quiet,
+        )
+        train(
+            data / "events.parquet",
+            labels_path=data / "labels.csv",
+            config=TrainConfig(max_rounds=15, seed=2, lgb_params={"num_leaves": 7}),
+            register=NAME,
+            promote_if_better=False,
+            say=quiet,
+        )
+    v1 = load_bundle(f"models:/{NAME}/1").save(root / "bundle-v1")
+    v2 = load_bundle(f"models:/{NAME}/2").save(root / "bundle-v2")
+    events, _ = load_events(data / "events.parquet")
+    yield Trained(root, uri, NAME, v1, v2, events, AS_OF)
+    mp.undo()
+
+
+@pytest.fixture
+def make_client(trained: Trained) -> Iterator[Callable[..., TestClient]]:
+    """``make_client(**overrides)``: a started TestClient serving version 1 by default."""
+    clients: list[TestClient] = []
+
+    def make(model_uri: str | Path | None = trained.v1_dir, **overrides: Any) -> TestClient:
+        client = TestClient(create_app(settings(model_uri, **overrides)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # httpx honours proxy variables; loopback tests must not go through a proxy.
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        if var in os.environ:
+            monkeypatch.delenv(var)

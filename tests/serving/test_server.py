@@ -1,0 +1,216 @@
+"""The real server: ``lifecycle serve`` in a subprocess, SIGTERM draining, hot swap under load."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from lifecycle.cli import app as cli
+from scoring.bundle import ModelBundle
+from serving.app import create_app
+from tests.serving.support import (
+    KEYS,
+    Trained,
+    busy_customers,
+    customer_payload,
+    live_server,
+    settings,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"server exited early: {proc.stderr.read() if proc.stderr else ''}"
+            )
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server never became ready")
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_serve_command_scores_over_http_then_drains_on_sigterm(
+    trained: Trained, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEYS[1]}\n")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "LIFECYCLE_SHUTDOWN_DELAY_SECONDS": "1.5",
+        "LIFECYCLE_RELOAD_INTERVAL_SECONDS": "0",
+    }
+    env.pop("LIFECYCLE_API_KEYS", None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from lifecycle.cli import app; app()",
+            "serve",
+            "--model",
+            str(trained.v1_dir),
+            "--port",
+            str(port),
+            "--api-keys-file",
+            str(keys),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        _wait_ready(url, proc)
+        auth = {"Authorization": f"Bearer {KEYS[1]}"}
+        cid = busy_customers(trained.events, trained.as_of, 1)[0]
+        body = {
+            "as_of": "2024-12-31T00:00:00Z",
+            "customers": [customer_payload(trained.events, cid)],
+        }
+        r = httpx.post(f"{url}/v1/scores", json=body, headers=auth, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["scores"][0]["customer_id"] == cid
+
+        # A request still uploading its body when SIGTERM arrives.
+        payload = json.dumps(body).encode()
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(
+            b"POST /v1/scores HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {KEYS[1]}\r\nContent-Length: {len(payload)}\r\n".encode()
+            + b"Connection: close\r\n\r\n"
+            + payload[:100]
+        )
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        # Readiness turns 503 first, while the server still accepts connections.
+        ready = httpx.get(f"{url}/readyz", timeout=5)
+        assert (ready.status_code, ready.json()["status"]) == (503, "draining")
+        deadline = time.monotonic() + 15
+        while _listening(port):  # then the listener closes: graceful shutdown has begun
+            assert time.monotonic() < deadline, "the server never stopped listening"
+            time.sleep(0.05)
+        assert proc.poll() is None  # still finishing the in-flight request
+        slow.sendall(payload[100:])
+        response = b""
+        while chunk := slow.recv(65536):
+            response += chunk
+        slow.close()
+        head, _, content = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), response[:500]
+        assert json.loads(content)["scores"][0]["customer_id"] == cid
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    logs = [json.loads(line) for line in (proc.stderr.read() if proc.stderr else "").splitlines()]
+    requests = [x for x in logs if x.get("message") == "request"]
+    assert any(x["path"] == "/v1/scores" and x["status"] == 200 for x in requests)
+    assert all(len(x["request_id"]) == 32 for x in requests)
+
+
+def test_serve_command_refuses_to_start_without_keys(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_")}
+    result = CliRunner().invoke(cli, ["serve", "--model", str(tmp_path)], env=env)
+    assert result.exit_code == 2
+    assert "no API keys" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_hot_swap_under_load_every_response_is_whole_and_from_one_version(
+    trained: Trained,
+) -> None:
+    """Promote a new version while requests are in flight: no error, no mixed response."""
+    registry = MlflowClient(tracking_uri=trained.tracking_uri)
+    registry.set_registered_model_alias(trained.name, "swap-test", "1")
+    ids = busy_customers(trained.events, trained.as_of, 6)
+    body = {
+        "as_of": f"{trained.as_of}T00:00:00Z",
+        "customers": [customer_payload(trained.events, c) for c in ids],
+    }
+    expected: dict[str, dict[str, float]] = {}
+    for version, path in (("1", trained.v1_dir), ("2", trained.v2_dir)):
+        scores = ModelBundle.load(path).predict_events(trained.events, as_of=trained.as_of)
+        expected[version] = dict(
+            zip(scores["customer_id"], scores["churn_probability"], strict=True)
+        )
+    assert any(expected["1"][c] != expected["2"][c] for c in ids)  # versions are told apart
+
+    app = create_app(settings(f"models:/{trained.name}@swap-test", reload_interval_seconds=0.1))
+    results: list[tuple[int, Any]] = []
+    stop = threading.Event()
+
+    def hammer(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while not stop.is_set():
+                r = http.post(
+                    "/v1/scores", json=body, headers={"Authorization": f"Bearer {KEYS[0]}"}
+                )
+                results.append((r.status_code, r.json()))
+
+    with live_server(app) as url:
+        workers = [threading.Thread(target=hammer, args=(url,)) for _ in range(3)]
+        for w in workers:
+            w.start()
+        time.sleep(1.0)
+        registry.set_registered_model_alias(trained.name, "swap-test", "2")
+        deadline = time.monotonic() + 60
+        while not any(doc.get("model_version") == "2" for _, doc in results[-3:]):
+            assert time.monotonic() < deadline, "version 2 was never served"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+        for w in workers:
+            w.join(30)
+
+    assert len(results) > 10
+    assert all(status == 200 for status, _ in results), {s for s, _ in results}
+    versions = []
+    for _, doc in results:
+        version = doc["model_version"]
+        versions.append(version)
+        assert [s["customer_id"] for s in doc["scores"]] == ids
+        for score in doc["scores"]:
+            assert score["model_version"] == version
+            assert score["churn_probability"] == pytest.approx(
+                expected[version][score["customer_id"]], abs=1e-12
+            )
+    assert versions[0] == "1" and versions[-1] == "2"
+    # Once swapped, never back: after the first version-2 answer, only requests the
+    # other workers had in flight before the swap (one each) can still be version 1.
+    assert versions[versions.index("2") :].count("1") <= len(workers) - 1

@@ -24,8 +24,11 @@ def mlflow_run(entry: str, params: dict[str, str], env: dict[str, str], cwd: Pat
 
 
 def test_simulate_train_score_entry_points(tmp_path: Path) -> None:
+    # an in-process training earlier in the session leaves MLflow's run and experiment
+    # variables behind; a project run against another store must not inherit them
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env = {
-        **os.environ,
+        **inherited,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         # the entry points call the `lifecycle` console script of this environment
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",

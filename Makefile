@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo-output
+PORT   ?= 8000
 
 .PHONY: demo test install install-test lint clean
 
@@ -17,7 +18,8 @@ install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 
 # The main job: simulate a shop, train both heads tracked in MLflow (SQLite store
-# ./mlflow.db), register and promote the model, then score every customer.
+# ./mlflow.db), register and promote the model, score every customer, then serve the
+# champion over HTTP until Ctrl-C.
 demo: install
 	$(BIN)/lifecycle simulate --customers 20000 --seed 7 --out $(DEMO)/data \
 		--as-of 2024-09-30 --as-of 2024-12-31
@@ -33,6 +35,9 @@ demo: install
 	@echo "  features:                $(DEMO)/features.parquet"
 	@echo "  scores:                  $(DEMO)/scores.csv"
 	@echo "  MLflow runs and models:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  (then http://127.0.0.1:5000)"
+	@echo "  scoring API:             http://127.0.0.1:$(PORT)/docs  (API key: demo-key; Ctrl-C stops it)"
+	@echo
+	LIFECYCLE_API_KEYS=demo-key $(BIN)/lifecycle serve --model models:/lifecycle@champion --port $(PORT)
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -102,26 +102,82 @@ def features(
         Path | None,
         typer.Option(help="Where to write bad rows (default: <events>.quarantine.csv)."),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="memory: this machine; spark: a Spark cluster (Parquet in and out, "
+            "see docs/spark.md)."
+        ),
+    ] = "memory",
+    chunk_customers: Annotated[
+        int | None,
+        typer.Option(
+            help="Stream the log and build features for about this many customers at a "
+            "time, in bounded memory (default: the whole log at once)."
+        ),
+    ] = None,
+    spark_master: Annotated[
+        str, typer.Option(help="Spark master URL for --engine spark.")
+    ] = "local[*]",
 ) -> None:
     """Build point-in-time features, one row per customer, from an event log."""
     from features.contract import parse_as_of
     from features.definition import load_definition
+
+    if unknown_events not in ("strict", "lenient"):
+        raise ValueError("--unknown-events must be strict or lenient")
+    _check_engine(engine)
+    cutoff = parse_as_of(as_of)
+    spec = load_definition(definition)
+    if engine == "spark":
+        from features.spark_engine import features_parquet
+
+        _spark_refuses(mapping=mapping, quarantine=quarantine)
+        n = features_parquet(
+            events,
+            as_of=cutoff,
+            out=out,
+            definition=spec,
+            master=spark_master,
+            unknown_events=unknown_events,
+        )
+        typer.echo(f"wrote {n:,} customers as of {cutoff.isoformat()} to {out} (Spark)")
+        return
+    if chunk_customers is not None:
+        from scoring.batch import features_file
+
+        bar, report = _phased_progress_bar()
+        with bar:
+            summary = features_file(
+                events,
+                as_of=cutoff,
+                out=out,
+                definition=spec,
+                mapping=mapping,
+                unknown_events=unknown_events,
+                quarantine_path=quarantine,
+                chunk_customers=chunk_customers,
+                progress=report,
+            )
+        typer.echo(str(summary.load), err=True)
+        typer.echo(
+            f"wrote {summary.customers:,} customers x {len(spec.feature_names())} features as "
+            f"of {cutoff.isoformat()} to {out}"
+        )
+        return
+
     from features.engine import build_features
     from features.events import load_events, load_mapping
     from features.io import table_format, write_table
 
-    if unknown_events not in ("strict", "lenient"):
-        raise ValueError("--unknown-events must be strict or lenient")
     table_format(out)  # refuse a bad output name before the long work
-    cutoff = parse_as_of(as_of)
-    spec = load_definition(definition)
-    log, summary = load_events(
+    log, load_summary = load_events(
         events,
         mapping=load_mapping(mapping),
         unknown_events=unknown_events,  # type: ignore[arg-type]
         quarantine_path=quarantine,
     )
-    typer.echo(str(summary), err=True)
+    typer.echo(str(load_summary), err=True)
     bar, update = _progress_bar("building features")
     with bar:
         table = build_features(log, as_of=cutoff, definition=spec, progress=update)
@@ -130,6 +186,28 @@ def features(
         f"wrote {len(table):,} customers x {table.shape[1]} features as of "
         f"{cutoff.isoformat()} to {out}"
     )
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ("memory", "spark"):
+        raise ValueError(f"--engine must be memory or spark, got {engine!r}")
+
+
+def _spark_refuses(**options: object) -> None:
+    for name, value in options.items():
+        if value is not None:
+            raise ValueError(f"--{name} is not supported with --engine spark (docs/spark.md)")
+
+
+def _phased_progress_bar() -> tuple[Any, Callable[[str, int, int], None]]:
+    """A progress bar whose description follows the phase: ``report(phase, done, total)``."""
+    bar, update = _progress_bar("reading events")
+
+    def report(phase: str, done: int, total: int) -> None:
+        bar.update(bar.task_ids[0], description=phase)
+        update(done, total)
+
+    return bar, report
 
 
 @app.command()
@@ -347,27 +425,87 @@ def score(
     unknown_events: Annotated[
         str, typer.Option(help="strict (quarantine) or lenient (keep) unknown event types.")
     ] = "strict",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="memory: stream the log on this machine; spark: a Spark cluster "
+            "(Parquet in and out, see docs/spark.md)."
+        ),
+    ] = "memory",
+    chunk_customers: Annotated[
+        int,
+        typer.Option(
+            help="Customers validated, featurized and scored at a time; lower it to use "
+            "less memory."
+        ),
+    ] = 50_000,
+    quarantine: Annotated[
+        Path | None,
+        typer.Option(help="Where to write bad rows (default: <events>.quarantine.csv)."),
+    ] = None,
+    spark_master: Annotated[
+        str, typer.Option(help="Spark master URL for --engine spark.")
+    ] = "local[*]",
 ) -> None:
     """Score every customer: stage, churn probability, risk band, stage probabilities."""
+    _check_engine(engine)
+    if engine == "spark":
+        from scoring.spark import score_parquet
+
+        _spark_refuses(mapping=mapping, quarantine=quarantine)
+        n = score_parquet(
+            events,
+            model=model,
+            as_of=as_of,
+            out=out,
+            master=spark_master,
+            unknown_events=unknown_events,
+        )
+        typer.echo(f"scored {n:,} customers to {out} (Spark)")
+        return
     from scoring.batch import score_file
 
-    bar, update = _progress_bar("scoring")
+    bar, report = _phased_progress_bar()
     with bar:
-        scores, summary = score_file(
+        _, summary = score_file(
             events,
             model=model,
             as_of=as_of,
             out=out,
             mapping=mapping,
             unknown_events=unknown_events,
-            progress=update,
+            progress=report,
+            chunk_customers=chunk_customers,
+            quarantine_path=quarantine,
+            return_scores=False,
         )
-    typer.echo(str(summary), err=True)
-    bands = scores["churn_risk"].value_counts().to_dict()
+    typer.echo(str(summary.load), err=True)
+    bands = summary.risk_bands
     typer.echo(
-        f"scored {len(scores):,} customers to {out} "
+        f"scored {summary.customers:,} customers to {out} in {summary.seconds:.1f} s "
         f"(risk: {', '.join(f'{k} {v:,}' for k, v in sorted(bands.items()))})"
     )
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Annotated[
+        str, typer.Option(help="Model URI (models:/NAME@champion, models:/NAME/3) or directory.")
+    ],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8000,
+    api_keys_file: Annotated[
+        Path | None,
+        typer.Option(help="File with one API key per line (or set LIFECYCLE_API_KEYS)."),
+    ] = None,
+) -> None:
+    """Serve the HTTP scoring API (other settings: LIFECYCLE_* variables, see docs/api.md)."""
+    from serving.server import run
+    from serving.settings import settings_with
+
+    settings = settings_with(model_uri=model, api_keys_file=api_keys_file)
+    run(settings, host=host, port=port)
 
 
 def main() -> None:  # pragma: no cover - console entry convenience

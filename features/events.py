@@ -175,14 +175,14 @@ def load_mapping(spec: str | Path | None) -> EventMapping | None:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read mapping file {path}: {_one_line(exc)}") from None
+            raise ValueError(f"cannot read mapping file {path}: {one_line(exc)}") from None
         source = f"mapping file {path}"
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or _one_line(exc)
+        problem = getattr(exc, "problem", None) or one_line(exc)
         raise ValueError(f"{source} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ValueError(
@@ -329,7 +329,7 @@ def load_events(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"events file {path} does not exist")
-    fmt = "parquet" if path.is_dir() else _format_of(path)
+    fmt = event_format(path)
     label = f"events file {path}"
     names = {
         c: (mapping.source_column(c) if mapping else c) for c in (CUSTOMER_ID, EVENT_TYPE, CHANNEL)
@@ -344,7 +344,9 @@ def load_events(
         label=label,
     )
     if len(quarantine):
-        target = Path(quarantine_path) if quarantine_path is not None else _default_quarantine(path)
+        target = (
+            Path(quarantine_path) if quarantine_path is not None else default_quarantine_path(path)
+        )
         write_table(quarantine, target)
         summary = replace(summary, quarantine_path=target)
     return clean, summary
@@ -399,7 +401,10 @@ def validate_events(
 # --------------------------------------------------------------------------- reading
 
 
-def _format_of(path: Path) -> str:
+def event_format(path: Path) -> str:
+    """``csv``, ``parquet`` or ``jsonl`` from an events file name (a directory is Parquet)."""
+    if path.is_dir():
+        return "parquet"
     name = path.name.lower()
     for ext in sorted(_FORMATS, key=len, reverse=True):
         if name.endswith(ext):
@@ -407,7 +412,8 @@ def _format_of(path: Path) -> str:
     raise ValueError(f"cannot read events file {path}: supported formats are {_SUPPORTED}")
 
 
-def _default_quarantine(path: Path) -> Path:
+def default_quarantine_path(path: Path) -> Path:
+    """``<stem>.quarantine.csv`` beside an events file."""
     name = path.name
     for ext in sorted(_FORMATS, key=len, reverse=True):
         if name.lower().endswith(ext):
@@ -416,7 +422,8 @@ def _default_quarantine(path: Path) -> Path:
     return path.parent / f"{name}.quarantine.csv"
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -434,7 +441,7 @@ def _read_frame(
         else:
             table = _read_jsonl(path, label)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {label}: {_one_line(exc)}") from None
+        raise ValueError(f"cannot read {label}: {one_line(exc)}") from None
     if isinstance(table, pd.DataFrame):
         frame = table
     else:

@@ -72,7 +72,10 @@ from features.events import (
     QUARANTINE_REASONS,
     EventMapping,
     LoadSummary,
+    default_quarantine_path,
+    event_format,
     load_mapping,
+    one_line,
     validate_events,
 )
 from features.io import table_format
@@ -96,14 +99,6 @@ Progress = Callable[[str, int, int], None]
 
 _ROW = "__lifecycle_source_row__"
 _T = TypeVar("_T")
-_FORMATS = {
-    ".csv": "csv",
-    ".csv.gz": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-}
 
 
 @dataclass
@@ -324,7 +319,9 @@ def _stream(
         path, mapping if isinstance(mapping, EventMapping) else load_mapping(mapping)
     )
     report = progress or (lambda phase, done, total: None)
-    q_target = Path(quarantine_path) if quarantine_path is not None else _default_quarantine(path)
+    q_target = (
+        Path(quarantine_path) if quarantine_path is not None else default_quarantine_path(path)
+    )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     spill = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.spill-"))
@@ -397,16 +394,7 @@ class _Source:
 
 
 def _open_source(path: Path, mapping: EventMapping | None) -> _Source:
-    if path.is_dir():
-        fmt = "parquet"
-    else:
-        name = path.name.lower()
-        fmt = next((f for ext, f in _FORMATS.items() if name.endswith(ext)), "")
-        if not fmt:
-            raise ValueError(
-                f"cannot read events file {path}: supported formats are .csv, .csv.gz, "
-                ".parquet or .pq (a file or a directory), .jsonl, .ndjson"
-            )
+    fmt = event_format(path)
     return _Source(path, fmt, mapping, f"events file {path}")
 
 
@@ -439,7 +427,7 @@ def _parquet_batches(src: _Source) -> Iterator[tuple[pa.RecordBatch, float]]:
                 done += batch.num_rows
                 yield batch, done / total
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"cannot read {src.label}: {_one_line(exc)}") from None
+        raise ValueError(f"cannot read {src.label}: {one_line(exc)}") from None
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema, label: str) -> pa.RecordBatch:
@@ -490,7 +478,7 @@ def _csv_batches(src: _Source) -> Iterator[tuple[pa.RecordBatch, float]]:
         with opener(src.path, "rt", encoding="utf-8-sig", newline="") as fh:
             header = next(csv.reader(fh), None)
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {src.label}: {_one_line(exc)}") from None
+        raise ValueError(f"cannot read {src.label}: {one_line(exc)}") from None
     if not header:
         raise ValueError(f"{src.label} has no rows")
     columns = [c for c in dict.fromkeys(src.needed()) if c in header]
@@ -511,7 +499,7 @@ def _csv_batches(src: _Source) -> Iterator[tuple[pa.RecordBatch, float]]:
         for batch in reader:
             yield batch, min(raw.consumed / size, 0.999)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {src.label}: {_one_line(exc)}") from None
+        raise ValueError(f"cannot read {src.label}: {one_line(exc)}") from None
     finally:
         raw.close()
 
@@ -994,20 +982,6 @@ class _Appender:
             if self._tmp is not None:
                 self._tmp.unlink(missing_ok=True)
                 self._tmp = None
-
-
-def _default_quarantine(path: Path) -> Path:
-    name = path.name
-    for ext in sorted(_FORMATS, key=len, reverse=True):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return path.parent / f"{name}.quarantine.csv"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = [

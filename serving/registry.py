@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from features.events import one_line
 from scoring.bundle import BUNDLE_FILE, ModelBundle
 from scoring.pyfunc import default_tracking_uri, load_bundle
 from serving.metrics import Metrics
@@ -157,7 +158,7 @@ class ModelHolder:
         except Exception as exc:  # keep serving the current model whatever went wrong
             log.error(
                 "model reload failed",
-                extra={"uri": self.uri, "error": _one_line(exc), "error_type": type(exc).__name__},
+                extra={"uri": self.uri, "error": one_line(exc), "error_type": type(exc).__name__},
             )
 
     async def poll(self, interval: float) -> None:
@@ -165,8 +166,3 @@ class ModelHolder:
         while True:
             await asyncio.sleep(interval)
             await self.try_reload()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features.contract import CANONICAL_EVENT_TYPES, MONETARY_EVENT_TYPES
+from features.events import one_line
 from features.taxonomy import load_taxonomy
 
 #: Scenarios shipped in ``simulator/scenarios``.
@@ -168,7 +169,7 @@ def load_scenario(name_or_path: str | Path = "default") -> Scenario:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"scenario {source} is not valid YAML: {_one_line(exc)}") from None
+        raise ValueError(f"scenario {source} is not valid YAML: {one_line(exc)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"scenario {source} must be a YAML mapping of parameters")
     return scenario_from_dict(data, source=source)
@@ -207,10 +208,6 @@ def _describe(exc: ValidationError) -> str:
         return f"missing key {where!r}"
     message = err["msg"].removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
 
 
 def compile_scenario(sc: Scenario) -> ScenarioArrays:

@@ -25,6 +25,29 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# Options several commands share, declared once.
+EventsOption = Annotated[
+    Path, typer.Option(help="Event log: .csv, .csv.gz, .parquet (file or folder), .jsonl.")
+]
+OutOption = Annotated[Path, typer.Option(help="Output table: .parquet or .csv.")]
+MappingOption = Annotated[
+    str | None,
+    typer.Option(help="Column/event mapping: a YAML file, or a preset: ga4, segment."),
+]
+UnknownEventsOption = Annotated[
+    str,
+    typer.Option(
+        help="strict: quarantine rows with unknown event types; lenient: keep them "
+        "(they count only in the all-events features)."
+    ),
+]
+QuarantineOption = Annotated[
+    Path | None,
+    typer.Option(help="Where to write bad rows (default: <events>.quarantine.csv)."),
+]
+SparkMasterOption = Annotated[str, typer.Option(help="Spark master URL for --engine spark.")]
+
+
 def user_errors(func: F) -> F:
     """Report errors a user can cause as one line and exit 2, instead of a traceback."""
 
@@ -73,9 +96,7 @@ def _progress_bar(description: str) -> tuple[Any, Callable[[int, int], None]]:
 @app.command()
 @user_errors
 def features(
-    events: Annotated[
-        Path, typer.Option(help="Event log: .csv, .csv.gz, .parquet (file or folder), .jsonl.")
-    ],
+    events: EventsOption,
     as_of: Annotated[
         str,
         typer.Option(
@@ -83,25 +104,13 @@ def features(
             "are used."
         ),
     ],
-    out: Annotated[Path, typer.Option(help="Output table: .parquet or .csv.")],
-    mapping: Annotated[
-        str | None,
-        typer.Option(help="Column/event mapping: a YAML file, or a preset: ga4, segment."),
-    ] = None,
-    unknown_events: Annotated[
-        str,
-        typer.Option(
-            help="strict: quarantine rows with unknown event types; lenient: keep them "
-            "(they count only in the all-events features)."
-        ),
-    ] = "strict",
+    out: OutOption,
+    mapping: MappingOption = None,
+    unknown_events: UnknownEventsOption = "strict",
     definition: Annotated[
         Path | None, typer.Option(help="Feature definition YAML (default: the shipped one).")
     ] = None,
-    quarantine: Annotated[
-        Path | None,
-        typer.Option(help="Where to write bad rows (default: <events>.quarantine.csv)."),
-    ] = None,
+    quarantine: QuarantineOption = None,
     engine: Annotated[
         str,
         typer.Option(
@@ -116,9 +125,7 @@ def features(
             "time, in bounded memory (default: the whole log at once)."
         ),
     ] = None,
-    spark_master: Annotated[
-        str, typer.Option(help="Spark master URL for --engine spark.")
-    ] = "local[*]",
+    spark_master: SparkMasterOption = "local[*]",
 ) -> None:
     """Build point-in-time features, one row per customer, from an event log."""
     from features.contract import parse_as_of
@@ -280,7 +287,7 @@ def simulate(
 @app.command()
 @user_errors
 def train(
-    events: Annotated[Path, typer.Option(help="Event log (csv, parquet, jsonl).")],
+    events: EventsOption,
     as_of: Annotated[
         str | None,
         typer.Option(
@@ -311,12 +318,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the split and the boosters.")] = 0,
     risk_low: Annotated[float, typer.Option(help="Churn risk is low below this.")] = 0.3,
     risk_high: Annotated[float, typer.Option(help="Churn risk is high from this.")] = 0.6,
-    mapping: Annotated[
-        str | None, typer.Option(help="Column/event mapping YAML, or a preset: ga4, segment.")
-    ] = None,
-    unknown_events: Annotated[
-        str, typer.Option(help="strict (quarantine) or lenient (keep) unknown event types.")
-    ] = "strict",
+    mapping: MappingOption = None,
+    unknown_events: UnknownEventsOption = "strict",
     definition: Annotated[Path | None, typer.Option(help="Feature definition YAML.")] = None,
     taxonomy: Annotated[Path | None, typer.Option(help="Stage taxonomy YAML.")] = None,
     rulebook: Annotated[Path | None, typer.Option(help="Stage rulebook YAML.")] = None,
@@ -364,7 +367,7 @@ def train(
 @app.command()
 @user_errors
 def evaluate(
-    events: Annotated[Path, typer.Option(help="Event log (csv, parquet, jsonl).")],
+    events: EventsOption,
     model: Annotated[str, typer.Option(help="Model URI (models:/NAME@champion) or directory.")],
     labels: Annotated[
         Path | None, typer.Option(help="CRM labels; without them the rulebook labels.")
@@ -375,9 +378,7 @@ def evaluate(
     horizon_days: Annotated[
         int | None, typer.Option(help="Churn horizon (default: the model's).")
     ] = None,
-    mapping: Annotated[
-        str | None, typer.Option(help="Column/event mapping YAML, or a preset.")
-    ] = None,
+    mapping: MappingOption = None,
 ) -> None:
     """Score labelled snapshots with a model and print its metrics per head and class."""
     from training.train import evaluate_model
@@ -413,18 +414,14 @@ def promote(
 @app.command()
 @user_errors
 def score(
-    events: Annotated[Path, typer.Option(help="Event log (csv, parquet, jsonl).")],
+    events: EventsOption,
     model: Annotated[
         str, typer.Option(help="Model URI (models:/NAME@champion, models:/NAME/3) or directory.")
     ],
     as_of: Annotated[str, typer.Option(help="Score as of this time (ISO 8601; naive is UTC).")],
-    out: Annotated[Path, typer.Option(help="Output table: .parquet or .csv.")],
-    mapping: Annotated[
-        str | None, typer.Option(help="Column/event mapping YAML, or a preset: ga4, segment.")
-    ] = None,
-    unknown_events: Annotated[
-        str, typer.Option(help="strict (quarantine) or lenient (keep) unknown event types.")
-    ] = "strict",
+    out: OutOption,
+    mapping: MappingOption = None,
+    unknown_events: UnknownEventsOption = "strict",
     engine: Annotated[
         str,
         typer.Option(
@@ -439,13 +436,8 @@ def score(
             "less memory."
         ),
     ] = 50_000,
-    quarantine: Annotated[
-        Path | None,
-        typer.Option(help="Where to write bad rows (default: <events>.quarantine.csv)."),
-    ] = None,
-    spark_master: Annotated[
-        str, typer.Option(help="Spark master URL for --engine spark.")
-    ] = "local[*]",
+    quarantine: QuarantineOption = None,
+    spark_master: SparkMasterOption = "local[*]",
 ) -> None:
     """Score every customer: stage, churn probability, risk band, stage probabilities."""
     _check_engine(engine)

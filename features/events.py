@@ -20,6 +20,7 @@ import csv
 import difflib
 import gzip
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -496,19 +497,31 @@ def _read_jsonl(path: Path, label: str) -> pa.Table | pd.DataFrame:
     return table
 
 
-def _read_jsonl_python(path: Path, label: str) -> pd.DataFrame:
+def json_records(
+    lines: Iterable[str | bytes], *, first_line: int = 1, label: str
+) -> list[dict[str, Any]]:
+    """Parse JSON Lines into objects, skipping blank lines.
+
+    Raises ``ValueError`` naming ``label`` and the line number of the first line that is
+    not JSON or not a JSON object.
+    """
     records = []
+    for line_number, line in enumerate(lines, start=first_line):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{label} line {line_number} is not JSON: {exc.msg}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{label} line {line_number} is not a JSON object")
+        records.append(record)
+    return records
+
+
+def _read_jsonl_python(path: Path, label: str) -> pd.DataFrame:
     with open(path, encoding="utf-8-sig") as fh:
-        for line_number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{label} line {line_number} is not JSON: {exc.msg}") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{label} line {line_number} is not a JSON object")
-            records.append(record)
+        records = json_records(fh, label=label)
     if not records:
         raise ValueError(f"{label} has no rows")
     return pd.json_normalize(records)

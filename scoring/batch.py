@@ -38,7 +38,6 @@ from __future__ import annotations
 import gzip
 import io
 import itertools
-import json
 import math
 import os
 import queue
@@ -74,6 +73,7 @@ from features.events import (
     LoadSummary,
     default_quarantine_path,
     event_format,
+    json_records,
     load_mapping,
     one_line,
     validate_events,
@@ -545,17 +545,7 @@ def _jsonl_batches(src: _Source) -> Iterator[tuple[pa.RecordBatch, float]]:
 
 
 def _jsonl_python(lines: list[bytes], line_offset: int, label: str) -> pa.Table:
-    records = []
-    for i, line in enumerate(lines, start=line_offset + 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{label} line {i} is not JSON: {exc.msg}") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{label} line {i} is not a JSON object")
-        records.append(record)
+    records = json_records(lines, first_line=line_offset + 1, label=label)
     frame = pd.json_normalize(records)
     return pa.table({str(c): _series_text(frame[c]) for c in frame.columns})
 

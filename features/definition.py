@@ -10,7 +10,9 @@ in-memory engine of :mod:`features.engine`, the Spark engine) reads the same
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +118,27 @@ class FeatureDefinition:
 
     def feature_names(self) -> list[str]:
         """Output columns, in order. Names are stable: they only change with the definition."""
-        return [name for name, _ in self.describe()]
+        return list(self._names)
 
     def describe(self) -> list[tuple[str, str]]:
         """``(column, meaning)`` for every output column, in order."""
+        return list(self._described)
+
+    def __hash__(self) -> int:
+        # Hashable by value, so that engines can cache what they compile from a
+        # definition (the dict fields would make the generated hash fail).
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+    @cached_property
+    def _names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self._described)
+
+    @cached_property
+    def _described(self) -> tuple[tuple[str, str], ...]:
         out: list[tuple[str, str]] = []
         for g in self.group_names:
             for w in self.count_windows_days:
@@ -200,7 +219,7 @@ class FeatureDefinition:
             ),
             ("btyd_age_days", "days from the first purchase to as_of (NaN with none)"),
         ]
-        return out
+        return tuple(out)
 
     def to_dict(self) -> dict[str, Any]:
         """The definition as plain data (the YAML layout), for logging and artifacts."""

@@ -9,8 +9,14 @@ How it works, and why it is fast:
    the first event at or after ``as_of``, and fills a handful of primitive
    accumulators (counts per group and window, last time per group, amount sums,
    distinct active days, funnel level, purchase days and gaps).
-3. Every feature of :class:`features.definition.FeatureDefinition` is then a
-   vectorised NumPy expression over those primitives.
+3. Every feature of :class:`features.definition.FeatureDefinition` is then one
+   instruction of a small plan (an opcode and its operands per output column,
+   compiled once per definition and cached), which a second parallel kernel
+   evaluates row by row into a row-major matrix: no temporary array per feature.
+
+:func:`feature_matrix` is the same engine on plain arrays, without pandas, for callers
+that already hold codes and integer times (the HTTP API scores one customer in tens
+of microseconds through it).
 
 Point in time: an event at ``timestamp >= as_of`` is never read, so adding, removing
 or changing such events cannot change any feature, nor the set of customers returned.
@@ -18,6 +24,7 @@ or changing such events cannot change any feature, nor the set of customers retu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,26 +96,117 @@ def build_features(
     definition = definition or load_definition()
     log = _EventArrays.from_frame(events, definition)
     n_cust = log.customers.shape[0]
+    columns = definition.feature_names()
 
     if snapshots is not None:
         snap_codes, snap_asof, index = _snapshot_arrays(snapshots, log.customers)
-        unknown = snap_codes < 0
         # Customers absent from the log share one extra, empty slot.
-        snap_codes = np.where(unknown, n_cust, snap_codes)
+        snap_codes = np.where(snap_codes < 0, n_cust, snap_codes)
         cust_ptr = np.append(log.cust_ptr, log.cust_ptr[-1])
-        n_slots = n_cust + 1
-    else:
-        cutoff = parse_as_of(as_of).as_unit("ns")
-        snap_codes = np.arange(n_cust, dtype=np.int64)
-        snap_asof = np.full(n_cust, cutoff.value, dtype=np.int64)
-        cust_ptr = log.cust_ptr
-        n_slots = n_cust
+        values, _ = _run(
+            cust_ptr, log, snap_codes, snap_asof, n_cust + 1, definition, progress, n_cust
+        )
+        return pd.DataFrame(values, columns=columns, index=index, copy=False)
 
-    order = np.argsort(snap_codes, kind="stable")
+    cutoff = parse_as_of(as_of).as_unit("ns")
+    snap_codes = np.arange(n_cust, dtype=np.int64)
+    snap_asof = np.full(n_cust, cutoff.value, dtype=np.int64)
+    values, seen = _run(
+        log.cust_ptr, log, snap_codes, snap_asof, n_cust, definition, progress, n_cust
+    )
+    if not seen.all():
+        values = values[seen]
+    ids = pd.Index(log.customers[seen], name=CUSTOMER_ID)
+    return pd.DataFrame(values, columns=columns, index=ids, copy=False)
+
+
+def feature_matrix(
+    customer_codes: np.ndarray,
+    t_ns: np.ndarray,
+    type_codes: np.ndarray,
+    amount: np.ndarray,
+    *,
+    n_customers: int,
+    type_names: tuple[str, ...],
+    as_of_ns: int,
+    definition: FeatureDefinition,
+) -> np.ndarray:
+    """Features at one ``as_of`` from plain arrays: the engine without pandas.
+
+    Parameters
+    ----------
+    customer_codes
+        Integer customer code of each event, in ``[0, n_customers)``.
+    t_ns
+        Event times as ``int64`` nanoseconds since the Unix epoch, UTC.
+    type_codes
+        Index of each event's type in ``type_names``.
+    amount
+        ``float64`` amount of each event, NaN when there is none.
+    n_customers
+        Number of customers; row ``c`` of the result is customer code ``c``.
+    type_names
+        Event-type names the codes refer to (need not all be used).
+    as_of_ns
+        The point in time, nanoseconds since the epoch, UTC; events at or after it
+        are never read.
+    definition
+        The feature definition.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float64`` of shape ``(n_customers, len(definition.feature_names()))``, row
+        major. A customer with no event before ``as_of`` gets the features of an empty
+        history (zero counts, NaN recencies), exactly as ``build_features`` gives it for
+        a snapshot.
+    """
+    codes = np.asarray(customer_codes, dtype=np.int64)
+    n = codes.shape[0]
+    if not (len(t_ns) == len(type_codes) == len(amount) == n):
+        raise ValueError("customer_codes, t_ns, type_codes and amount differ in length")
+    if n and (codes.min() < 0 or codes.max() >= n_customers):
+        raise ValueError(f"customer codes must lie in [0, {n_customers})")
+    et = np.asarray(type_codes, dtype=np.int32)
+    if n and (et.min() < 0 or et.max() >= len(type_names)):
+        raise ValueError(f"event-type codes must lie in [0, {len(type_names)})")
+    ptr, ts, ets, amts = _group_by_customer(
+        codes,
+        n_customers,
+        np.asarray(t_ns, dtype=np.int64),
+        et,
+        np.asarray(amount, dtype=np.float64),
+    )
+    _sort_within_customers(ptr, ts, ets, amts)
+    log = _EventArrays(np.empty(0, dtype=object), ptr, ts, ets, amts, tuple(type_names))
+    snap_codes = np.arange(n_customers, dtype=np.int64)
+    snap_asof = np.full(n_customers, as_of_ns, dtype=np.int64)
+    values, _ = _run(ptr, log, snap_codes, snap_asof, n_customers, definition, None, n_customers)
+    return values
+
+
+def _run(
+    cust_ptr: np.ndarray,
+    log: _EventArrays,
+    snap_codes: np.ndarray,
+    snap_asof: np.ndarray,
+    n_slots: int,
+    definition: FeatureDefinition,
+    progress: Progress | None,
+    n_cust: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both kernels over every snapshot: (row-major features, row has an event before as_of)."""
+    compiled = _compile(definition, log.type_names)
+    spec = compiled.spec
+    rows = snap_codes.shape[0]
+    if n_slots == rows and rows and snap_codes[0] == 0 and (np.diff(snap_codes) == 1).all():
+        order = snap_codes  # one snapshot per customer, in customer order
+    else:
+        order = np.argsort(snap_codes, kind="stable")
     snap_ptr = np.zeros(n_slots + 1, dtype=np.int64)
     np.cumsum(np.bincount(snap_codes, minlength=n_slots), out=snap_ptr[1:])
-    prim = _Primitives.empty(len(snap_codes), definition)
-    spec = _KernelSpec.build(definition, log.type_names)
+    prim = _Primitives.empty(rows, definition)
+    asof_sorted = snap_asof[order]
     for lo in range(0, n_slots, CHUNK_CUSTOMERS):
         hi = min(lo + CHUNK_CUSTOMERS, n_slots)
         _accumulate(
@@ -119,7 +217,7 @@ def build_features(
             log.et,
             log.amount,
             snap_ptr,
-            snap_asof[order],
+            asof_sorted,
             order,
             spec.group_ptr,
             spec.group_idx,
@@ -137,22 +235,18 @@ def build_features(
         )
         if progress is not None:
             progress(min(hi, n_cust), n_cust)
-
-    # Window buckets -> trailing windows (windows are sorted, so each is a prefix sum).
-    np.cumsum(prim.cnt, axis=2, out=prim.cnt)
-    np.cumsum(prim.msum, axis=2, out=prim.msum)
-    np.cumsum(prim.lcnt, axis=2, out=prim.lcnt)
-    np.maximum.accumulate(prim.lfun, axis=1, out=prim.lfun)
-    np.cumsum(prim.ltyp, axis=2, out=prim.ltyp)
-    values = _derive(prim, snap_asof, definition)  # shape (features, rows)
-    columns = definition.feature_names()
-    if snapshots is not None:
-        return pd.DataFrame(values.T, columns=columns, index=index, copy=False)
-    keep = prim.cnt[:, -1, -1] > 0
-    if not keep.all():
-        values = values[:, keep]
-    ids = pd.Index(log.customers[keep], name=CUSTOMER_ID)
-    return pd.DataFrame(values.T, columns=columns, index=ids, copy=False)
+    values = np.empty((rows, compiled.op.shape[0]), dtype=np.float64)
+    _derive(  # type: ignore[call-arg]  # numba dispatcher, typed as untyped
+        compiled.op,
+        compiled.a,
+        compiled.b,
+        compiled.c,
+        compiled.x,
+        snap_asof,
+        *prim.arrays(),
+        values,
+    )
+    return values, prim.cnt[:, -1, -1] > 0
 
 
 # -- input layout ----------------------------------------------------------------------
@@ -167,14 +261,14 @@ class _EventArrays:
     t: np.ndarray  # int64 ns since the epoch, UTC
     et: np.ndarray  # int32 event-type code
     amount: np.ndarray  # float64, NaN when absent
-    type_names: list[str]
+    type_names: tuple[str, ...]
 
     @classmethod
     def from_frame(cls, events: pd.DataFrame, definition: FeatureDefinition) -> _EventArrays:
         missing = [c for c in REQUIRED_COLUMNS if c not in events.columns]
         if missing:
             raise ValueError(f"events are missing the required column {missing[0]!r}")
-        cust = _as_categorical(events[CUSTOMER_ID], CUSTOMER_ID)
+        codes, customers = _customer_codes(events[CUSTOMER_ID])
         etype = _as_categorical(events[EVENT_TYPE], EVENT_TYPE)
         t = _as_ns(events[TIMESTAMP])
         if AMOUNT in events.columns:
@@ -183,32 +277,40 @@ class _EventArrays:
             )
         else:
             amount = np.full(len(events), np.nan)
-        codes = cust.codes.astype(np.int64, copy=False)
-        n_cust = len(cust.categories)
-        if len(codes) and codes.min() < 0:
-            raise ValueError("column 'customer_id' has missing values")
         et_codes = etype.codes.astype(np.int32, copy=False)
         if len(et_codes) and et_codes.min() < 0:
             raise ValueError("column 'event_type' has missing values")
-        ptr, ts, ets, amts = _group_by_customer(codes, n_cust, t, et_codes, amount)
+        ptr, ts, ets, amts = _group_by_customer(codes, len(customers), t, et_codes, amount)
         _sort_within_customers(ptr, ts, ets, amts)
-        customers = np.asarray(cust.categories.astype(str), dtype=object)
-        return cls(customers, ptr, ts, ets, amts, [str(c) for c in etype.categories])
+        return cls(customers, ptr, ts, ets, amts, tuple(str(c) for c in etype.categories))
+
+
+def _customer_codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(code per event, id per code) with ids sorted and every code used.
+
+    Output rows follow code order, which must therefore be sorted; and the work is sized
+    by the number of codes, so ids without events (a slice of a larger categorical) are
+    dropped, by an O(n) remapping rather than pandas' sort-based one.
+    """
+    cat = _as_categorical(values, CUSTOMER_ID)
+    codes = cat.codes.astype(np.int64, copy=False)
+    if len(codes) and codes.min() < 0:
+        raise ValueError("column 'customer_id' has missing values")
+    categories = cat.categories
+    if not categories.is_monotonic_increasing:
+        cat = pd.Categorical(np.asarray(cat).astype(str))
+        codes, categories = cat.codes.astype(np.int64, copy=False), cat.categories
+    used = np.bincount(codes, minlength=len(categories)) > 0
+    if not used.all():
+        codes = (np.cumsum(used) - 1)[codes]
+        categories = categories[used]
+    return codes, np.asarray(categories.astype(str), dtype=object)
 
 
 def _as_categorical(values: pd.Series, name: str) -> pd.Categorical:
     if isinstance(values.dtype, pd.CategoricalDtype):
         cat = values.array
         assert isinstance(cat, pd.Categorical)
-        if name == CUSTOMER_ID:
-            # Output rows follow category order, which must therefore be sorted; and the
-            # work is sized by the number of categories, so unused ones are dropped.
-            if not cat.categories.is_monotonic_increasing:
-                cat = pd.Categorical(np.asarray(cat).astype(str))
-            elif len(cat.codes) and cat.codes.min() >= 0:
-                used = np.bincount(cat.codes, minlength=len(cat.categories))
-                if not used.all():
-                    cat = cat.remove_unused_categories()
         return cat
     if values.isna().any():
         raise ValueError(f"column {name!r} has missing values")
@@ -301,6 +403,100 @@ def _sort_within_customers(ptr, ts, ets, amts):  # type: ignore[no-untyped-def]
 # -- the kernel ------------------------------------------------------------------------
 
 
+# Opcodes of the derive plan: one instruction per output column (see _derive).
+_OP_COUNT = 0  # cnt[a, b]
+_OP_SINCE = 1  # days from last_t[a] to as_of
+_OP_AMOUNT = 2  # msum[a, b]
+_OP_AMOUNT_MEAN = 3  # msum[a, -1] / mn[a]
+_OP_TREND = 4  # log((1 + cnt[a, b]) / (1 + (cnt[a, c] - cnt[a, b]) * x))
+_OP_ACTIVE = 5  # active[a]
+_OP_FUNNEL = 6  # funnel[a]
+_OP_GAP = 7  # days from last_t[a] to the last event of any kind
+_OP_LAST_COUNT = 8  # lcnt[a, b]
+_OP_LAST_FUNNEL = 9  # lfun[a]
+_OP_LAST_TYPE = 10  # ltyp[a, b]
+_OP_TENURE = 11  # days from first_t to as_of
+_OP_PURCHASE_DAYS = 12
+_OP_GAP_MEAN = 13
+_OP_GAP_STD = 14
+_OP_OVERDUE = 15  # days since last_t[a] over the mean gap
+_OP_REPEAT = 16
+_OP_BTYD_RECENCY = 17
+_OP_BTYD_AGE = 18
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A definition compiled for one list of event types: lookup tables and the plan."""
+
+    spec: _KernelSpec
+    op: np.ndarray  # int64[features]
+    a: np.ndarray  # int64[features]: first operand
+    b: np.ndarray  # int64[features]: second operand
+    c: np.ndarray  # int64[features]: third operand
+    x: np.ndarray  # float64[features]: constant
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(d: FeatureDefinition, type_names: tuple[str, ...]) -> _Compiled:
+    """The plan lists instructions in exactly the order of ``d.feature_names()``."""
+    plan: list[tuple[int, int, int, int, float]] = []
+
+    def emit(op: int, a: int = 0, b: int = 0, c: int = 0, x: float = 0.0) -> None:
+        plan.append((op, a, b, c, x))
+
+    win = {w: k for k, w in enumerate(d.count_windows)}
+    n_groups = len(d.group_names)
+    for g in range(n_groups):
+        for w in d.count_windows_days:
+            emit(_OP_COUNT, g, win[w])
+        emit(_OP_COUNT, g, len(d.count_windows))
+    for g in range(n_groups):
+        emit(_OP_SINCE, g)
+    for m in range(len(d.monetary_groups)):
+        for k in range(len(d.monetary_windows_days) + 1):
+            emit(_OP_AMOUNT, m, k)
+        emit(_OP_AMOUNT_MEAN, m)
+    r, base = d.trend_recent_days, d.trend_baseline_days
+    for g in range(n_groups):
+        emit(_OP_TREND, g, win[r], win[base], r / (base - r))
+    for k in range(len(d.active_days_windows_days) + 1):
+        emit(_OP_ACTIVE, k)
+    emit(_OP_FUNNEL, len(d.funnel_windows_days))
+    for k in range(len(d.funnel_windows_days)):
+        emit(_OP_FUNNEL, k)
+    for g in range(len(d.groups)):
+        emit(_OP_GAP, g)
+    n_last = len(d.last_active_windows_days)
+    for g in range(n_groups):
+        for k in range(n_last):
+            emit(_OP_LAST_COUNT, g, k)
+    for k in range(n_last):
+        emit(_OP_LAST_FUNNEL, k)
+    if d.last_active_by_event_type:
+        for t in range(len(d.event_types)):
+            for k in range(n_last):
+                emit(_OP_LAST_TYPE, t, k)
+    purchase = d.group_names.index(d.purchase_group)
+    emit(_OP_TENURE)
+    for op in (_OP_PURCHASE_DAYS, _OP_GAP_MEAN, _OP_GAP_STD):
+        emit(op)
+    emit(_OP_OVERDUE, purchase)
+    for op in (_OP_REPEAT, _OP_BTYD_RECENCY, _OP_BTYD_AGE):
+        emit(op)
+    if len(plan) != len(d.feature_names()):  # pragma: no cover - a programming error
+        raise AssertionError("the derive plan and feature_names() disagree")
+    cols = list(zip(*plan, strict=True))
+    return _Compiled(
+        spec=_KernelSpec.build(d, type_names),
+        op=np.array(cols[0], dtype=np.int64),
+        a=np.array(cols[1], dtype=np.int64),
+        b=np.array(cols[2], dtype=np.int64),
+        c=np.array(cols[3], dtype=np.int64),
+        x=np.array(cols[4], dtype=np.float64),
+    )
+
+
 @dataclass(frozen=True)
 class _KernelSpec:
     """The definition as lookup tables indexed by event-type code, and windows in ns."""
@@ -319,7 +515,7 @@ class _KernelSpec:
     type_column: np.ndarray  # column of each log event type among definition.event_types, or -1
 
     @classmethod
-    def build(cls, d: FeatureDefinition, type_names: list[str]) -> _KernelSpec:
+    def build(cls, d: FeatureDefinition, type_names: tuple[str, ...]) -> _KernelSpec:
         groups = list(d.groups)
         level_of = {t: lv for lv, ts in d.funnel_levels.items() for t in ts}
         purchase_types = set(d.groups[d.purchase_group])
@@ -557,76 +753,109 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
                     tc = type_col[e]
                     if tc >= 0:
                         ltyp[r, tc, kl] += 1
+            # Window buckets -> trailing windows: windows are sorted, so each is a
+            # prefix sum (or a running maximum for funnel levels) over the buckets.
+            for g in range(cnt.shape[1]):
+                for k in range(1, cnt.shape[2]):
+                    cnt[r, g, k] += cnt[r, g, k - 1]
+                for k in range(1, n_l):
+                    lcnt[r, g, k] += lcnt[r, g, k - 1]
+            for m in range(msum.shape[1]):
+                for k in range(1, msum.shape[2]):
+                    msum[r, m, k] += msum[r, m, k - 1]
+            for k in range(1, n_l):
+                if lfun[r, k - 1] > lfun[r, k]:
+                    lfun[r, k] = lfun[r, k - 1]
+            for tc in range(ltyp.shape[1]):
+                for k in range(1, n_l):
+                    ltyp[r, tc, k] += ltyp[r, tc, k - 1]
 
 
 # -- features from primitives ----------------------------------------------------------
 
 
-def _derive(p: _Primitives, as_of: np.ndarray, d: FeatureDefinition) -> np.ndarray:
-    """Every feature of the definition as a NumPy expression, in ``feature_names`` order."""
-    rows = as_of.shape[0]
-    cols: list[np.ndarray] = []
-    win = {w: k for k, w in enumerate(d.count_windows)}
-    groups = d.group_names
-    for gi, _ in enumerate(groups):
-        cols += [p.cnt[:, gi, win[w]] for w in d.count_windows_days]
-        cols.append(p.cnt[:, gi, -1])
-    for gi, _ in enumerate(groups):
-        cols.append(_days_since(p.last_t[:, gi], as_of))
-    for mi, _ in enumerate(d.monetary_groups):
-        cols += [p.msum[:, mi, k] for k in range(len(d.monetary_windows_days))]
-        cols.append(p.msum[:, mi, -1])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cols.append(np.where(p.mn[:, mi] > 0, p.msum[:, mi, -1] / p.mn[:, mi], np.nan))
-    r, b = d.trend_recent_days, d.trend_baseline_days
-    for gi, _ in enumerate(groups):
-        recent = p.cnt[:, gi, win[r]].astype(np.float64)
-        earlier = p.cnt[:, gi, win[b]] - recent
-        cols.append(np.log((1.0 + recent) / (1.0 + earlier * (r / (b - r)))))
-    cols += [p.active[:, k] for k in range(p.active.shape[1])]
-    cols.append(p.funnel[:, -1])
-    cols += [p.funnel[:, k] for k in range(len(d.funnel_windows_days))]
-    last_all = p.last_t[:, -1]
-    for gi, _ in enumerate(d.groups):
-        seen = p.last_t[:, gi] != _NONE
-        cols.append(np.where(seen, (last_all - p.last_t[:, gi]) / DAY_NS, np.nan))
-    for gi, _ in enumerate(groups):
-        cols += [p.lcnt[:, gi, k] for k in range(len(d.last_active_windows_days))]
-    cols += [p.lfun[:, k] for k in range(len(d.last_active_windows_days))]
-    for ti in range(p.ltyp.shape[1]):
-        cols += [p.ltyp[:, ti, k] for k in range(len(d.last_active_windows_days))]
-    cols.append(_days_since(p.first_t, as_of))
+@numba.njit(parallel=True, cache=True)
+def _derive(  # type: ignore[no-untyped-def]  # noqa: PLR0913
+    op,
+    a,
+    b,
+    c,
+    x,
+    as_of,
+    cnt,
+    last_t,
+    first_t,
+    msum,
+    mn,
+    active,
+    funnel,
+    pdays,
+    first_pt,
+    last_pt,
+    gsum,
+    gsq,
+    lcnt,
+    lfun,
+    ltyp,
+    out,
+):
+    """Evaluate the plan of :func:`_compile` for every row: ``out[row, feature]``."""
+    none = np.iinfo(np.int64).min
+    nan = np.nan
+    day = 86_400_000_000_000
+    g_all = last_t.shape[1] - 1
+    for r in numba.prange(out.shape[0]):
+        now = as_of[r]
+        n_gaps = pdays[r] - 1
+        mean = gsum[r] / n_gaps if n_gaps > 0 else nan
+        for j in range(op.shape[0]):
+            o, u, w = op[j], a[j], b[j]
+            if o == _OP_COUNT:
+                v = float(cnt[r, u, w])
+            elif o == _OP_SINCE:
+                v = nan if last_t[r, u] == none else (now - last_t[r, u]) / day
+            elif o == _OP_AMOUNT:
+                v = msum[r, u, w]
+            elif o == _OP_AMOUNT_MEAN:
+                v = msum[r, u, msum.shape[2] - 1] / mn[r, u] if mn[r, u] > 0 else nan
+            elif o == _OP_TREND:
+                recent = float(cnt[r, u, w])
+                earlier = cnt[r, u, c[j]] - recent
+                v = np.log((1.0 + recent) / (1.0 + earlier * x[j]))
+            elif o == _OP_ACTIVE:
+                v = float(active[r, u])
+            elif o == _OP_FUNNEL:
+                v = float(funnel[r, u])
+            elif o == _OP_GAP:
+                v = nan if last_t[r, u] == none else (last_t[r, g_all] - last_t[r, u]) / day
+            elif o == _OP_LAST_COUNT:
+                v = float(lcnt[r, u, w])
+            elif o == _OP_LAST_FUNNEL:
+                v = float(lfun[r, u])
+            elif o == _OP_LAST_TYPE:
+                v = float(ltyp[r, u, w])
+            elif o == _OP_TENURE:
+                v = nan if first_t[r] == none else (now - first_t[r]) / day
+            elif o == _OP_PURCHASE_DAYS:
+                v = float(pdays[r])
+            elif o == _OP_GAP_MEAN:
+                v = mean
+            elif o == _OP_GAP_STD:
+                v = nan
+                if n_gaps > 0:
+                    var = gsq[r] / n_gaps - mean * mean
+                    v = np.sqrt(var) if var > 0.0 else 0.0
+            elif o == _OP_OVERDUE:
+                v = nan
+                if n_gaps > 0 and mean > 0 and last_t[r, u] != none:
+                    v = ((now - last_t[r, u]) / day) / mean
+            elif o == _OP_REPEAT:
+                v = float(max(pdays[r] - 1, 0))
+            elif o == _OP_BTYD_RECENCY:
+                v = nan if first_pt[r] == none else (last_pt[r] - first_pt[r]) / day
+            else:  # _OP_BTYD_AGE
+                v = nan if first_pt[r] == none else (now - first_pt[r]) / day
+            out[r, j] = v
 
-    n_gaps = p.pdays - 1
-    has_gap = n_gaps > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(has_gap, p.gsum / n_gaps, np.nan)
-        var = np.where(has_gap, p.gsq / n_gaps - mean * mean, np.nan)
-    std = np.sqrt(np.clip(var, 0.0, None))
-    purchase_g = groups.index(d.purchase_group)
-    since_purchase = _days_since(p.last_t[:, purchase_g], as_of)
-    bought = p.first_pt != _NONE
-    with np.errstate(invalid="ignore", divide="ignore"):
-        overdue = np.where(has_gap & (mean > 0), since_purchase / mean, np.nan)
-    cols += [
-        p.pdays,
-        mean,
-        std,
-        overdue,
-        np.maximum(p.pdays - 1, 0),
-        np.where(bought, (p.last_pt - p.first_pt) / DAY_NS, np.nan),
-        _days_since(p.first_pt, as_of),
-    ]
-    # Feature-major, so each column is one contiguous write and the frame built on
-    # its transpose needs no copy.
-    out = np.empty((len(cols), rows), dtype=np.float64)
-    for j, col in enumerate(cols):
-        out[j] = col
-    return out
 
-
-def _days_since(t: np.ndarray, as_of: np.ndarray) -> np.ndarray:
-    return np.where(t != _NONE, (as_of - t) / DAY_NS, np.nan)
-
-
-__all__ = ["ALL", "CHUNK_CUSTOMERS", "build_features"]
+__all__ = ["ALL", "CHUNK_CUSTOMERS", "build_features", "feature_matrix"]

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.definition import definition_from_dict, load_definition
-from features.engine import build_features
+from features.engine import build_features, feature_matrix
 
 AS_OF = "2024-03-01T00:00:00Z"
 
@@ -423,3 +423,58 @@ def test_unused_customer_categories_are_not_rows(tiny: pd.DataFrame) -> None:
     out = build_features(cat[cat["customer_id"] != "d"], as_of=AS_OF)
     assert list(out.index) == ["a", "b"]
     pd.testing.assert_frame_equal(out, build_features(tiny, as_of=AS_OF).loc[["a", "b"]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=log_and_as_of())
+def test_array_entry_point_equals_the_frame_entry_point(
+    case: tuple[pd.DataFrame, pd.Timestamp],
+) -> None:
+    # feature_matrix (the API's path, no pandas) gives one row per customer code, empty
+    # histories included: the same values as build_features gives for snapshots.
+    events, as_of = case
+    ids = sorted(set(events["customer_id"])) + ["never-seen"]
+    codes = pd.Index(ids).get_indexer(events["customer_id"])
+    types = tuple(TYPES)
+    X = feature_matrix(
+        codes,
+        pd.DatetimeIndex(events["timestamp"]).as_unit("ns").asi8,
+        pd.Index(types).get_indexer(events["event_type"]),
+        events["amount"].to_numpy(dtype=np.float64),
+        n_customers=len(ids),
+        type_names=types,
+        as_of_ns=as_of.as_unit("ns").value,
+        definition=load_definition(),
+    )
+    snaps = pd.DataFrame({"customer_id": ids, "as_of": as_of})
+    np.testing.assert_array_equal(X, build_features(events, snapshots=snaps).to_numpy())
+    assert X.flags.c_contiguous
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # a code outside [0, n_customers)
+        ({"customer_codes": np.array([0, 2])}, "customer codes must lie in"),
+        # an event-type code outside type_names
+        ({"type_codes": np.array([0, 5])}, "event-type codes must lie in"),
+        # arrays of different lengths
+        ({"amount": np.array([1.0])}, "differ in length"),
+    ],
+)
+def test_array_entry_point_refuses_bad_arrays(change: dict, message: str) -> None:
+    args = {
+        "customer_codes": np.array([0, 1]),
+        "t_ns": np.array([0, 10**9]),
+        "type_codes": np.array([0, 1]),
+        "amount": np.array([np.nan, 2.0]),
+    }
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        feature_matrix(
+            **args,
+            n_customers=2,
+            type_names=("page_view", "purchase"),
+            as_of_ns=2 * 10**9,
+            definition=load_definition(),
+        )

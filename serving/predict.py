@@ -5,9 +5,9 @@ calibration constants, the playbook resolved to a lookup table, event-type codes
 never changes afterwards, so a request that captured one keeps a consistent model even
 while a newer one is swapped in.
 
-Per request, events become NumPy arrays in one pass over the parsed body, one canonical
-event frame is built from them without parsing anything again, the feature engine runs
-once for all customers. The stage head gives raw scores for all stages, then TreeSHAP
+Per request, events become NumPy arrays in one pass over the parsed body and the
+feature engine's array entry point (:func:`features.engine.feature_matrix`, no pandas)
+runs once for all customers. The stage head gives raw scores for all stages, then TreeSHAP
 runs only for the predicted stage, on a booster holding that stage's trees alone
 (:func:`serving.reasons.split_multiclass`: several times cheaper than explaining every
 stage). The churn head runs once with ``pred_contrib=True``: the contributions give the
@@ -24,10 +24,9 @@ from datetime import UTC, datetime, timedelta
 import lightgbm as lgb
 import numba
 import numpy as np
-import pandas as pd
 
-from features.contract import AMOUNT, CANONICAL_EVENT_TYPES, CUSTOMER_ID, EVENT_TYPE, TIMESTAMP
-from features.engine import build_features
+from features.contract import CANONICAL_EVENT_TYPES
+from features.engine import feature_matrix
 from scoring.bundle import ModelBundle, sigmoid, softmax
 from serving.playbook import Playbook
 from serving.reasons import split_multiclass, top_contributions
@@ -42,8 +41,8 @@ from serving.schemas import (
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_EVENT_DTYPE = pd.CategoricalDtype(pd.Index(sorted(CANONICAL_EVENT_TYPES), dtype=object))
-_EVENT_CODE = {name: code for code, name in enumerate(_EVENT_DTYPE.categories)}
+_EVENT_TYPES = tuple(sorted(CANONICAL_EVENT_TYPES))
+_EVENT_CODE = {name: code for code, name in enumerate(_EVENT_TYPES)}
 
 
 class MissingFeatures(ValueError):
@@ -152,7 +151,7 @@ class ServedModel:
             ((e.timestamp - _EPOCH) // _MICROSECOND for e in events), dtype=np.int64, count=total
         )
         nanos *= 1000
-        codes = np.fromiter((_EVENT_CODE[e.event_type] for e in events), np.int16, count=total)
+        codes = np.fromiter((_EVENT_CODE[e.event_type] for e in events), np.int32, count=total)
         amount = np.fromiter(
             (np.nan if e.amount is None else e.amount for e in events), np.float64, count=total
         )
@@ -160,36 +159,21 @@ class ServedModel:
         refund = codes == _EVENT_CODE["refund"]
         if refund.any():
             amount[refund] = np.abs(amount[refund])
-        frame = pd.DataFrame(
-            {
-                CUSTOMER_ID: pd.Categorical.from_codes(
-                    np.repeat(np.arange(n), counts),
-                    dtype=pd.CategoricalDtype(pd.RangeIndex(n)),
-                    validate=False,
-                ),
-                TIMESTAMP: pd.DatetimeIndex(nanos.view("M8[ns]")).tz_localize(UTC),
-                EVENT_TYPE: pd.Categorical.from_codes(codes, dtype=_EVENT_DTYPE, validate=False),
-                AMOUNT: amount,
-            },
-            copy=False,
-        )
-        when = pd.Timestamp(as_of)
-        definition = self.bundle.definition
         # The engine's kernels are parallel; for a request's few customers, waking
         # threads costs more than it saves (the setting is per calling thread).
         numba.set_num_threads(1)
-        built = build_features(frame, as_of=when, definition=definition)
-        values = built.to_numpy(dtype=np.float64)
-        if len(built) == n:  # rows come in category order: request order
-            return values
-        # Entries with no event before as_of: the engine's features of an empty history.
-        X = np.empty((n, values.shape[1]), dtype=np.float64)
-        seen = built.index.astype(int).to_numpy()
-        X[seen] = values
-        absent = np.setdiff1d(np.arange(n), seen)
-        snaps = pd.DataFrame({CUSTOMER_ID: absent.astype(str), "as_of": [when] * len(absent)})
-        X[absent] = build_features(frame, snapshots=snaps, definition=definition).to_numpy()
-        return X
+        # Rows are customer entries in request order, an entry without any event before
+        # as_of included (the features of an empty history).
+        return feature_matrix(
+            np.repeat(np.arange(n), counts),
+            nanos,
+            codes,
+            amount,
+            n_customers=n,
+            type_names=_EVENT_TYPES,
+            as_of_ns=(as_of - _EPOCH) // _MICROSECOND * 1000,
+            definition=self.bundle.definition,
+        )
 
     def score_matrix(self, ids: Sequence[str], X: np.ndarray) -> list[Score]:
         """Scores, reasons and actions for a feature matrix in :attr:`feature_names` order."""

@@ -678,6 +678,8 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
             last_day = np.full(n_a + 1, none, dtype=np.int64)
             prev_pday = none
             stop = e1
+            if e1 > e0 and t[e0] < as_of:
+                first_t[r] = t[e0]
             for i in range(e0, e1):
                 ti = t[i]
                 if ti >= as_of:
@@ -686,8 +688,6 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
                 age = as_of - ti
                 e = et[i]
                 day = ti // 86_400_000_000_000
-                if first_t[r] == none:
-                    first_t[r] = ti
                 # counts and last time: the implicit "all" group, then the event's groups
                 # Counts and sums go to the bucket of the narrowest window holding the
                 # event (n_c: none); the caller's cumulative sum turns buckets into windows.

@@ -1,12 +1,17 @@
-"""Feature engine throughput against a pandas group-by baseline (SPEC §10, Features).
+"""Feature engine throughput against pandas, Polars and DuckDB baselines (SPEC §10, Features).
 
 Run ``python -m benchmarks.features`` (10 million events, 100,000 customers) or
 ``python -m benchmarks.features --large`` (50 million events, 1 million customers).
 A synthetic canonical log is generated in memory, the numba JIT is warmed up on a
-small slice (so compilation is not timed), then the engine and the pandas baseline
-of :mod:`benchmarks.pandas_features` run side by side in this process on the full
-default feature definition. At ``--large`` pandas runs on a customer subsample of
-about 10 million events, and so does the engine once more, for a like-for-like ratio.
+small slice (so compilation is not timed), then the engine and the baselines run side
+by side in this process on the full default feature definition: the pandas group-by of
+:mod:`benchmarks.pandas_features`, the Polars lazy query of
+:mod:`benchmarks.polars_features` and the DuckDB SQL of :mod:`benchmarks.duckdb_features`
+(``--baselines`` picks them). Each baseline takes the pandas frame and returns a pandas
+frame, as the engine does, and the conversions are timed; Polars and DuckDB use their
+default thread pools (one thread per core). At ``--large`` the baselines run on a
+customer subsample of about 10 million events, and so does the engine once more, for a
+like-for-like ratio.
 
 Peak memory is the rise of the process's resident set (RSS) above its level just
 before each call: the kernel's high-water mark (``VmHWM``, reset through
@@ -21,6 +26,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import importlib
 import os
 import platform
 import statistics
@@ -34,10 +40,17 @@ import numba
 import numpy as np
 import pandas as pd
 
-from benchmarks.pandas_features import pandas_features
 from features.contract import CANONICAL_EVENT_TYPES
 from features.definition import FeatureDefinition, load_definition
 from features.engine import build_features
+
+#: Baselines by name: the module holding ``<name>_features``, the library it needs, and
+#: the label of its row in the table.
+BASELINES: dict[str, tuple[str, str, str]] = {
+    "pandas": ("benchmarks.pandas_features", "pandas", "pandas group-by"),
+    "polars": ("benchmarks.polars_features", "polars", "polars lazy group-by"),
+    "duckdb": ("benchmarks.duckdb_features", "duckdb", "duckdb SQL"),
+}
 
 START = pd.Timestamp("2023-01-01", tz="UTC")
 SPAN_DAYS = 730
@@ -273,10 +286,59 @@ def _print_table(results: list[Result]) -> None:
         )
 
 
-def run(n_events: int, n_customers: int, *, baseline_events: int, repeats: int, seed: int) -> None:
+Baseline = Callable[..., pd.DataFrame]
+
+
+def load_baselines(names: list[str]) -> dict[str, Baseline]:
+    """The baseline functions of ``names``; one whose library is missing is left out.
+
+    A missing library is reported in one line, with how to install it.
+    """
+    found: dict[str, Baseline] = {}
+    for name in names:
+        module, library, _ = BASELINES[name]
+        try:
+            found[name] = getattr(importlib.import_module(module), f"{name}_features")
+        except ModuleNotFoundError as exc:
+            if exc.name != library:
+                raise
+            print(
+                f"{library} is not installed: the {name} baseline is skipped "
+                "(install it with: pip install -e '.[bench]')"
+            )
+    return found
+
+
+def _libraries(names: list[str]) -> str:
+    """Versions and thread counts of the baselines' libraries (all left at their defaults)."""
+    parts = []
+    for name in names:
+        library = importlib.import_module(BASELINES[name][1])
+        threads = ""
+        if name == "polars":
+            threads = f", {library.thread_pool_size()} threads"
+        elif name == "duckdb":
+            ((count,),) = library.sql("SELECT current_setting('threads')").fetchall()
+            threads = f", {count} threads"
+        parts.append(f"{name} {library.__version__}{threads}")
+    return "; ".join(parts)
+
+
+def run(
+    n_events: int,
+    n_customers: int,
+    *,
+    baseline_events: int,
+    repeats: int,
+    seed: int,
+    baselines: list[str],
+) -> None:
     definition: FeatureDefinition = load_definition()
     _libc()  # fix malloc's mmap threshold before anything big is allocated
     print(f"machine: {_machine()}")
+    functions = load_baselines(baselines)
+    if functions:
+        print(f"baselines: {_libraries(list(functions))}")
     t0 = time.perf_counter()
     events = synthetic_log(n_events, n_customers, seed=seed)
     as_of = START + pd.Timedelta(days=SPAN_DAYS)
@@ -300,7 +362,7 @@ def run(n_events: int, n_customers: int, *, baseline_events: int, repeats: int, 
     )
     results.append(engine)
 
-    if baseline_events < n_events:
+    if functions and baseline_events < n_events:
         # Whole customers, not random rows, so histories keep their length.
         keep = np.flatnonzero(
             events["customer_id"].cat.codes.to_numpy() < n_customers * baseline_events / n_events
@@ -308,8 +370,8 @@ def run(n_events: int, n_customers: int, *, baseline_events: int, repeats: int, 
         sample = _slice(events, keep)
         del keep
         print(
-            f"pandas runs on a subsample: the {len(sample):,} events of the first "
-            f"{sample['customer_id'].cat.categories.size:,} customers"
+            f"{', '.join(functions)} run on a subsample: the {len(sample):,} events of the "
+            f"first {sample['customer_id'].cat.categories.size:,} customers"
         )
         engine_same, engine_out = measure(
             "engine (numba), subsample",
@@ -321,23 +383,33 @@ def run(n_events: int, n_customers: int, *, baseline_events: int, repeats: int, 
     else:
         sample, engine_same = events, engine
 
-    del events  # the large log is not needed by pandas: free it first
-    pandas, pandas_out = measure(
-        "pandas group-by",
-        functools.partial(pandas_features, sample, as_of=as_of, definition=definition),
-        events=len(sample),
-        repeats=1,
-    )
-    results.append(pandas)
+    del events  # the large log is not needed by the baselines: free it first
+    compared: list[tuple[str, Result, bool]] = []  # baseline, its timings, outputs agree
+    for name, function in functions.items():
+        # pandas takes minutes at 10 million events: one run; the others as the engine
+        result, out = measure(
+            BASELINES[name][2],
+            functools.partial(function, sample, as_of=as_of, definition=definition),
+            events=len(sample),
+            repeats=1 if name == "pandas" else repeats,
+        )
+        results.append(result)
+        compared.append((name, result, _agree(engine_out, out)))
+        del out
     print()
     _print_table(results)
     print()
-    agree = _agree(engine_out, pandas_out)
-    print(
-        f"engine / pandas speed: {pandas.best / engine_same.best:.1f}x on the same "
-        f"{len(sample):,} events (outputs agree: {'yes' if agree else 'NO'})"
-    )
-    print("best of", repeats, "engine runs; 1 pandas run; peak RSS above the level before")
+    for name, result, same in compared:
+        print(
+            f"engine / {name} speed: {result.best / engine_same.best:.1f}x on the same "
+            f"{len(sample):,} events (outputs agree: {'yes' if same else 'NO'})"
+        )
+    runs = [f"best of {repeats} engine runs"]
+    runs += [
+        f"{name}: best of {len(r.seconds)} runs" if len(r.seconds) > 1 else f"{name}: 1 run"
+        for name, r, _ in compared
+    ]
+    print("; ".join(runs) + "; peak RSS above the level before")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -351,9 +423,21 @@ def main(argv: list[str] | None = None) -> None:
         "--baseline-events",
         type=int,
         default=10_000_000,
-        help="largest log pandas runs on; above it, a customer subsample of about this size",
+        help="largest log the baselines run on; above it, a customer subsample of about this size",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="engine runs (best and median)")
+    parser.add_argument(
+        "--baselines",
+        type=_baseline_names,
+        default="pandas,polars,duckdb",
+        help=f"comma-separated baselines to run beside the engine, of {', '.join(BASELINES)}"
+        " (empty: none)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of the engine, Polars and DuckDB (best and median); pandas runs once",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the synthetic log")
     args = parser.parse_args(argv)
     n_events, n_customers = (50_000_000, 1_000_000) if args.large else (args.events, args.customers)
@@ -363,7 +447,18 @@ def main(argv: list[str] | None = None) -> None:
         baseline_events=args.baseline_events,
         repeats=args.repeats,
         seed=args.seed,
+        baselines=args.baselines,
     )
+
+
+def _baseline_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}"
+        )
+    return list(dict.fromkeys(names))
 
 
 if __name__ == "__main__":

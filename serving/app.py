@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
 
 from serving.metrics import CONTENT_TYPE, Metrics
 from serving.middleware import LimitsMiddleware, RequestContextMiddleware
@@ -73,8 +74,7 @@ async def server_state(request: Request) -> ServerState:
 State = Annotated[ServerState, Depends(server_state)]
 
 
-async def current_model(state: State) -> ServedModel:
-    """The model for this request, read once; 503 while none is loaded."""
+def _model_or_503(state: ServerState) -> ServedModel:
     model = state.holder.current
     if model is None:
         raise HTTPException(
@@ -83,6 +83,11 @@ async def current_model(state: State) -> ServedModel:
             headers={"Retry-After": str(state.settings.retry_after_seconds)},
         )
     return model
+
+
+async def current_model(state: State) -> ServedModel:
+    """The model for this request, read once; 503 while none is loaded."""
+    return _model_or_503(state)
 
 
 CurrentModel = Annotated[ServedModel, Depends(current_model)]
@@ -97,7 +102,12 @@ async def require_api_key(
     state: State,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """Accept ``Authorization: Bearer KEY`` for any configured key, else 401.
+    """Accept ``Authorization: Bearer KEY`` for any configured key, else 401."""
+    _check_key(state, credentials)
+
+
+def _check_key(state: ServerState, credentials: HTTPAuthorizationCredentials | None) -> None:
+    """401 unless the credentials carry a configured key.
 
     Every key is compared, in constant time, whatever matched: the time taken says
     nothing about which key or how much of it was right. Keys are never logged.
@@ -115,6 +125,71 @@ async def require_api_key(
 
 
 Authorized = [Depends(require_api_key)]
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class ScoringCall(Generic[_Body]):
+    """What a scoring route needs, resolved by one dependency (see :func:`scoring_call`)."""
+
+    state: ServerState
+    model: ServedModel
+    body: _Body
+
+
+def scoring_call(schema: type[_Body]) -> Callable[..., Any]:
+    """One dependency for a scoring route: API key, model, then the body.
+
+    One dependency instead of a chain of small ones: FastAPI's dependency resolution
+    costs tens of microseconds per dependency and request. The checks come in the order
+    a client should fix them: 401 (key), 503 (no model yet), then 400 / 422 (body).
+
+    The body is validated by pydantic straight from the JSON text
+    (``model_validate_json``), several times faster than FastAPI's ``json.loads``
+    followed by validation of the Python objects: for one customer with 50 events,
+    about 0.1 ms instead of 0.6. Errors are FastAPI's 422 with ``loc`` starting at
+    ``body``, as usual; a body that is not JSON text is a 400. The route documents the
+    schema with :func:`json_body_doc`.
+    """
+
+    async def resolve(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> ScoringCall[_Body]:
+        state: ServerState = request.app.state.server
+        _check_key(state, credentials)
+        model = _model_or_503(state)
+        raw = await request.body()
+        try:
+            body = schema.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            if errors and errors[0]["type"] == "json_invalid":
+                raise HTTPException(400, f"the body is not JSON text: {errors[0]['msg']}") from None
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in errors]
+            ) from None
+        return ScoringCall(state, model, body)
+
+    return resolve
+
+
+def json_body_doc(schema: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting the request body of a :func:`scoring_call` route."""
+    ref = {"$ref": f"#/components/schemas/{schema.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _body_schemas(*schemas: type[BaseModel]) -> dict[str, Any]:
+    """Component schemas of :func:`scoring_call` bodies and the models they contain."""
+    out: dict[str, Any] = {}
+    for schema in schemas:
+        doc = schema.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(doc.pop("$defs", {}))
+        out[schema.__name__] = doc
+    return out
+
 
 _401 = error_doc("Missing or invalid API key.", **{"WWW-Authenticate": "Bearer"})
 _413 = error_doc("Body, customers per request or events per customer over the limit.")
@@ -145,7 +220,12 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     settings = settings or get_settings()
     playbook = load_playbook(settings.playbook_path)
     metrics = Metrics()
-    load = loader or partial(load_served_model, playbook=playbook, reasons=settings.reasons)
+    load = loader or partial(
+        load_served_model,
+        playbook=playbook,
+        reasons=settings.reasons,
+        reasons_method=settings.reasons_method,
+    )
     state = ServerState(
         settings=settings,
         keys=() if settings.allow_anonymous else settings.all_api_keys(),
@@ -211,6 +291,9 @@ def _model_aware_openapi(app: FastAPI, state: ServerState) -> Callable[[], dict[
                 description=app.description,
                 routes=app.routes,
             )
+            schema["components"]["schemas"].update(
+                _body_schemas(ScoreEventsRequest, ScoreFeaturesRequest)
+            )
             if model is not None:
                 vector = schema["components"]["schemas"]["CustomerFeatures"]["properties"]
                 value = {"anyOf": [{"type": "number"}, {"type": "null"}]}
@@ -227,6 +310,15 @@ def _model_aware_openapi(app: FastAPI, state: ServerState) -> Callable[[], dict[
         return cache[key]
 
     return openapi
+
+
+def _json(response: BaseModel) -> Response:
+    """The response serialised by pydantic in one pass.
+
+    The scores are built from validated inputs by our own code, so FastAPI's second
+    validation of the response model (documented on the route) is skipped.
+    """
+    return Response(response.model_dump_json(), media_type="application/json")
 
 
 def _check_counts(state: ServerState, customers: int, events: list[int] | None = None) -> None:
@@ -258,38 +350,44 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         SCORES,
         response_model=ScoreResponse,
-        dependencies=Authorized,
         responses=_SCORING_ERRORS,
         tags=["scoring"],
         summary="Score customers from their raw events",
+        openapi_extra=json_body_doc(ScoreEventsRequest),
     )
     async def score_events(
-        body: ScoreEventsRequest, state: State, model: CurrentModel
-    ) -> ScoreResponse:
+        call: Annotated[ScoringCall[ScoreEventsRequest], Depends(scoring_call(ScoreEventsRequest))],
+    ) -> Response:
         """Stage, stage probabilities, churn probability and risk band, reasons and the
         next best action for every customer, from events strictly before ``as_of``."""
+        state, model, body = call.state, call.model, call.body
         counts = [len(c.events) for c in body.customers]
         _check_counts(state, len(body.customers), counts)
         as_of = body.as_of or datetime.now(UTC)
         scores = await _run(state, sum(counts), model.score_events, body.customers, as_of)
         state.metrics.customers.labels("events").inc(len(scores))
-        return ScoreResponse.model_construct(
-            model_name=model.name, model_version=model.version, as_of=as_of, scores=scores
+        return _json(
+            ScoreResponse.model_construct(
+                model_name=model.name, model_version=model.version, as_of=as_of, scores=scores
+            )
         )
 
     @app.post(
         SCORES_FEATURES,
         response_model=ScoreResponse,
-        dependencies=Authorized,
         responses=_SCORING_ERRORS,
         tags=["scoring"],
         summary="Score customers from precomputed features",
+        openapi_extra=json_body_doc(ScoreFeaturesRequest),
     )
     async def score_features(
-        body: ScoreFeaturesRequest, state: State, model: CurrentModel
-    ) -> ScoreResponse:
+        call: Annotated[
+            ScoringCall[ScoreFeaturesRequest], Depends(scoring_call(ScoreFeaturesRequest))
+        ],
+    ) -> Response:
         """The same scores from feature vectors (``GET /v1/model`` lists the names).
         A missing feature is a 422 naming it."""
+        state, model, body = call.state, call.model, call.body
         _check_counts(state, len(body.customers))
         try:
             scores = await _run(state, len(body.customers), model.score_features, body.customers)
@@ -306,8 +404,10 @@ def _add_routes(app: FastAPI) -> None:
                 ]
             ) from None
         state.metrics.customers.labels("features").inc(len(scores))
-        return ScoreResponse.model_construct(
-            model_name=model.name, model_version=model.version, as_of=None, scores=scores
+        return _json(
+            ScoreResponse.model_construct(
+                model_name=model.name, model_version=model.version, as_of=None, scores=scores
+            )
         )
 
     @app.get(

@@ -7,12 +7,14 @@ while a newer one is swapped in.
 
 Per request, events become NumPy arrays in one pass over the parsed body and the
 feature engine's array entry point (:func:`features.engine.feature_matrix`, no pandas)
-runs once for all customers. The stage head gives raw scores for all stages, then TreeSHAP
-runs only for the predicted stage, on a booster holding that stage's trees alone
-(:func:`serving.reasons.split_multiclass`: several times cheaper than explaining every
-stage). The churn head runs once with ``pred_contrib=True``: the contributions give the
-reasons and their row sums are the raw margin. LightGBM and the feature engine run on
-one thread: a request is small, and threads of concurrent requests would only compete.
+runs once for all customers. Both heads are then evaluated by
+:class:`scoring.trees.TreeEnsemble`, the boosters flattened at load into arrays walked
+by compiled kernels (checked at load to reproduce LightGBM's raw scores): every stage's
+raw score, then the reasons of the predicted stage and of churn. Reasons are path
+attributions by default (one walk per tree) or, with ``reasons_method="treeshap"``,
+LightGBM's exact TreeSHAP, run only for the predicted stage on a booster holding that
+stage's trees alone (:func:`serving.reasons.split_multiclass`). Everything runs on one
+thread: a request is small, and threads of concurrent requests would only compete.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import lightgbm as lgb
 import numba
@@ -28,6 +31,7 @@ import numpy as np
 from features.contract import CANONICAL_EVENT_TYPES
 from features.engine import feature_matrix
 from scoring.bundle import ModelBundle, sigmoid, softmax
+from scoring.trees import TreeEnsemble
 from serving.playbook import Playbook
 from serving.reasons import split_multiclass, top_contributions
 from serving.schemas import (
@@ -43,6 +47,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _EVENT_TYPES = tuple(sorted(CANONICAL_EVENT_TYPES))
 _EVENT_CODE = {name: code for code, name in enumerate(_EVENT_TYPES)}
+
+#: How reasons are attributed: path attributions (fast) or exact TreeSHAP.
+ReasonsMethod = Literal["path", "treeshap"]
 
 
 class MissingFeatures(ValueError):
@@ -72,7 +79,10 @@ class ServedModel:
     _feature_set: frozenset[str] = field(repr=False)
     _stage_names: np.ndarray = field(repr=False)
     _stage_weights: np.ndarray = field(repr=False)
-    _class_boosters: tuple[lgb.Booster, ...] = field(repr=False)
+    _stage_trees: TreeEnsemble = field(repr=False)
+    _churn_trees: TreeEnsemble = field(repr=False)
+    reasons_method: ReasonsMethod = "path"
+    _class_boosters: tuple[lgb.Booster, ...] = field(default=(), repr=False)
 
     @classmethod
     def build(
@@ -84,8 +94,13 @@ class ServedModel:
         uri: str,
         playbook: Playbook,
         reasons: int = 3,
+        reasons_method: ReasonsMethod = "path",
     ) -> ServedModel:
-        """Precompute everything a request needs; raises ``ValueError`` on a bad playbook."""
+        """Precompute everything a request needs.
+
+        Raises ``ValueError`` on a bad playbook, or when a head cannot be evaluated
+        exactly by :class:`scoring.trees.TreeEnsemble`.
+        """
         described = dict(bundle.definition.describe())
         names = tuple(bundle.feature_names)
         table = playbook.resolve(bundle.stages)
@@ -106,7 +121,10 @@ class ServedModel:
             _feature_set=frozenset(names),
             _stage_names=np.asarray(bundle.stages, dtype=object),
             _stage_weights=np.asarray(bundle.stage_weights, dtype=np.float64),
-            _class_boosters=_class_boosters(bundle),
+            _stage_trees=_checked_trees(bundle.stage_booster, "stage"),
+            _churn_trees=_checked_trees(bundle.churn_booster, "churn"),
+            reasons_method=reasons_method,
+            _class_boosters=_class_boosters(bundle) if reasons_method == "treeshap" else (),
         )
 
     @property
@@ -179,19 +197,24 @@ class ServedModel:
         """Scores, reasons and actions for a feature matrix in :attr:`feature_names` order."""
         n, f = X.shape
         bundle = self.bundle
-        raw = np.asarray(bundle.stage_booster.predict(X, raw_score=True, num_threads=1))
         inv_t = 1.0 / bundle.stage_temperature
-        proba = softmax(raw.reshape(n, len(bundle.stages)) * inv_t)
+        proba = softmax(self._stage_trees.raw_scores(X) * inv_t)
         pick = np.argmax(proba * self._stage_weights, axis=1)
-        stage_contrib = np.empty((n, f), dtype=np.float64)
-        for k in np.unique(pick).tolist():
-            rows = pick == k
-            contrib = self._class_boosters[k].predict(X[rows], pred_contrib=True, num_threads=1)
-            stage_contrib[rows] = np.asarray(contrib)[:, :f] * inv_t
+        if self.reasons_method == "path":
+            stage_c = self._stage_trees.path_contributions(X, pick)
+            churn_c = self._churn_trees.path_contributions(X, 0)
+        else:
+            stage_c = np.empty((n, f + 1), dtype=np.float64)
+            for k in np.unique(pick).tolist():
+                rows = pick == k
+                part = self._class_boosters[k].predict(X[rows], pred_contrib=True, num_threads=1)
+                stage_c[rows] = np.asarray(part, dtype=np.float64).reshape(-1, f + 1)
+            churn_c = np.asarray(
+                bundle.churn_booster.predict(X, pred_contrib=True, num_threads=1),
+                dtype=np.float64,
+            ).reshape(n, f + 1)
+        stage_contrib = stage_c[:, :f] * inv_t
         # The churn contributions sum to the raw margin; calibration is then the bundle's.
-        churn_c = np.asarray(
-            bundle.churn_booster.predict(X, pred_contrib=True, num_threads=1), dtype=np.float64
-        ).reshape(n, f + 1)
         a, b = bundle.churn_platt
         churn = sigmoid(a * churn_c.sum(axis=1) + b)
         bands = bundle.risk_band(churn)
@@ -239,14 +262,32 @@ class ServedModel:
         return out
 
 
+def _checked_trees(booster: lgb.Booster, head: str) -> TreeEnsemble:
+    """The head as a :class:`TreeEnsemble`, checked against LightGBM on a probe."""
+    try:
+        trees = TreeEnsemble.from_booster(booster)
+    except ValueError as exc:
+        raise ValueError(f"the {head} head cannot be served: {exc}") from None
+    probe = _probe(booster.num_feature())
+    expected = np.asarray(booster.predict(probe, raw_score=True), dtype=np.float64)
+    if not np.allclose(trees.raw_scores(probe), expected.reshape(len(probe), -1), atol=1e-9):
+        raise ValueError(f"the {head} head's trees do not reproduce LightGBM's scores")
+    return trees
+
+
+def _probe(features: int) -> np.ndarray:
+    """Rows that reach many branches: spread values, zeros and missing values."""
+    rng = np.random.default_rng(0)
+    probe = rng.exponential(10.0, size=(64, features))
+    probe[rng.random(probe.shape) < 0.2] = np.nan
+    probe[0] = 0.0
+    return probe
+
+
 def _class_boosters(bundle: ModelBundle) -> tuple[lgb.Booster, ...]:
     """Per-stage boosters for the reasons, checked to reproduce the stage head's scores."""
     parts = split_multiclass(bundle.stage_booster)
-    f = len(bundle.feature_names)
-    rng = np.random.default_rng(0)
-    probe = rng.exponential(10.0, size=(64, f))
-    probe[rng.random(probe.shape) < 0.2] = np.nan
-    probe[0] = 0.0
+    probe = _probe(len(bundle.feature_names))
     raw = np.asarray(bundle.stage_booster.predict(probe, raw_score=True)).reshape(64, -1)
     for k, part in enumerate(parts):
         if not np.allclose(part.predict(probe, raw_score=True), raw[:, k], rtol=0, atol=1e-9):

@@ -22,7 +22,7 @@ from scoring.bundle import BUNDLE_FILE, ModelBundle
 from scoring.pyfunc import default_tracking_uri, load_bundle
 from serving.metrics import Metrics
 from serving.playbook import Playbook
-from serving.predict import ServedModel
+from serving.predict import ReasonsMethod, ServedModel
 from serving.schemas import CustomerEvents, Event
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,25 @@ def resolve(uri: str) -> ModelRef:
     return ModelRef(uri, uri, None)
 
 
-def load_served_model(uri: str, ref: ModelRef, *, playbook: Playbook, reasons: int) -> ServedModel:
+def load_served_model(
+    uri: str,
+    ref: ModelRef,
+    *,
+    playbook: Playbook,
+    reasons: int,
+    reasons_method: ReasonsMethod = "path",
+) -> ServedModel:
     """Load, precompute and warm up the model ``ref`` points at (blocking)."""
     bundle: ModelBundle = load_bundle(ref.load_uri)
     version = ref.version or str(bundle.metadata.get("run_id") or "local")
     model = ServedModel.build(
-        bundle, name=ref.name, version=version, uri=uri, playbook=playbook, reasons=reasons
+        bundle,
+        name=ref.name,
+        version=version,
+        uri=uri,
+        playbook=playbook,
+        reasons=reasons,
+        reasons_method=reasons_method,
     )
     _warm_up(model)
     return model

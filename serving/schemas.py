@@ -24,9 +24,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    TypeAdapter,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
+    WrapValidator,
     model_validator,
 )
 
@@ -54,32 +55,25 @@ _TIME_DOC = (
 )
 
 
-_DATETIME = TypeAdapter(datetime)
-
-
-def _time_string(value: object) -> object:
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
+def _utc_time(value: object, handler: ValidatorFunctionWrapHandler) -> datetime:
+    # One Python call per time: pydantic parses the text, this names the failure with
+    # the loader's reason, reads naive times as UTC and checks the range.
+    if not isinstance(value, str | datetime):
         raise ValueError("unparseable_timestamp: expected an ISO 8601 time string")
     try:
-        return _DATETIME.validate_python(value)
+        parsed: datetime = handler(value)
     except ValidationError as exc:
         raise ValueError(f"unparseable_timestamp: {exc.errors()[0]['msg']}") from None
-
-
-def _in_range(value: datetime) -> datetime:
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if not _EARLIEST <= value < _LATEST:
+    parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    if not _EARLIEST <= parsed < _LATEST:
         raise ValueError("unparseable_timestamp: time outside the supported years 1678-2261")
-    return value
+    return parsed
 
 
 #: An ISO 8601 time, naive read as UTC, returned as an aware UTC ``datetime``.
 UtcTime = Annotated[
     datetime,
-    BeforeValidator(_time_string),
-    AfterValidator(_in_range),
+    WrapValidator(_utc_time),
     WithJsonSchema(
         {
             "type": "string",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         default=None, description="Next-best-action playbook YAML (default: the shipped one)."
     )
     reasons: int = Field(default=3, ge=1, le=10, description="Reasons per head in each score.")
+    reasons_method: Literal["path", "treeshap"] = Field(
+        default="path",
+        description="Attribution behind the reasons: 'path' (each split on the row's "
+        "decision path credits its feature with the change of expected value; one tree "
+        "walk, microseconds) or 'treeshap' (exact Shapley values from LightGBM, "
+        "hundreds of microseconds per head).",
+    )
     log_level: str = Field(default="info")
 
     @field_validator("api_keys", mode="before")

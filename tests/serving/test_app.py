@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,9 +105,17 @@ def test_scores_equal_batch_scoring_of_the_same_events(
             assert p == pytest.approx(row[f"p_{stage}"], abs=1e-12)
 
 
-def test_reasons_are_this_prediction_s_treeshap_contributions(
-    client: TestClient, trained: Trained, v1: ModelBundle
+@pytest.mark.parametrize(
+    "method",
+    [
+        "path",  # the default: path attributions from the server's compiled trees
+        "treeshap",  # exact TreeSHAP from LightGBM
+    ],
+)
+def test_reasons_are_this_prediction_s_contributions(
+    make_client: Callable[..., TestClient], trained: Trained, v1: ModelBundle, method: str
 ) -> None:
+    client = make_client(reasons_method=method)
     ids = busy_customers(trained.events, trained.as_of, 8)
     body = {
         "as_of": f"{trained.as_of}T00:00:00Z",
@@ -116,12 +125,20 @@ def test_reasons_are_this_prediction_s_treeshap_contributions(
     feats = build_features(trained.events, as_of=trained.as_of, definition=v1.definition)
     X = feats.loc[ids, v1.feature_names].to_numpy()
     f = X.shape[1]
-    stage_c = v1.stage_booster.predict(X, pred_contrib=True).reshape(len(ids), -1, f + 1)
-    churn_c = v1.churn_booster.predict(X, pred_contrib=True)
+    picks = [v1.stages.index(score["stage"]) for score in scores]
+    if method == "treeshap":
+        stage_c = v1.stage_booster.predict(X, pred_contrib=True).reshape(len(ids), -1, f + 1)
+        stage_c = stage_c[np.arange(len(ids)), picks]
+        churn_c = v1.churn_booster.predict(X, pred_contrib=True)
+    else:
+        stage_c = path_attributions(v1.stage_booster, X, picks)
+        churn_c = path_attributions(v1.churn_booster, X, [0] * len(ids))
+    # Either way the attributions of a row add up to its raw score.
+    raw = v1.stage_booster.predict(X, raw_score=True)[np.arange(len(ids)), picks]
+    np.testing.assert_allclose(stage_c.sum(axis=1), raw, atol=1e-9)
     top_sets = set()
     for i, score in enumerate(scores):
-        k = v1.stages.index(score["stage"])
-        full = stage_c[i, k, :f] / v1.stage_temperature
+        full = stage_c[i, :f] / v1.stage_temperature
         for reason in score["reasons"]["stage"]:
             j = v1.feature_names.index(reason["feature"])
             assert reason["contribution"] == pytest.approx(full[j], abs=1e-9)
@@ -136,6 +153,46 @@ def test_reasons_are_this_prediction_s_treeshap_contributions(
         )
         top_sets.add(tuple(x["feature"] for x in score["reasons"]["churn"]))
     assert len(top_sets) > 1  # per prediction: customers differ in their reasons
+
+
+def path_attributions(booster: lgb.Booster, X: np.ndarray, outputs: list[int]) -> np.ndarray:
+    """Path attributions from the booster's JSON dump, written plainly (the reference).
+
+    Each split on a row's path credits its feature with E[child] - E[node], where E is
+    the leaf-count weighted mean of the leaf values below; the last column is E[root].
+    """
+    dump = booster.dump_model()
+    per_iter = dump["num_tree_per_iteration"]
+
+    def expected(node: dict) -> tuple[float, float]:  # (E, count)
+        if "leaf_value" in node:
+            return node["leaf_value"], node["leaf_count"]
+        el, nl = expected(node["left_child"])
+        er, nr = expected(node["right_child"])
+        return (el * nl + er * nr) / (nl + nr), nl + nr
+
+    out = np.zeros((len(X), X.shape[1] + 1))
+    for t, tree in enumerate(dump["tree_info"]):
+        for i, x in enumerate(X):
+            if t % per_iter != outputs[i]:
+                continue
+            node = tree["tree_structure"]
+            e = expected(node)[0]
+            out[i, -1] += e
+            while "leaf_value" not in node:
+                v = x[node["split_feature"]]
+                missing = node["missing_type"]
+                if np.isnan(v) and missing != "NaN":
+                    v = 0.0
+                if (missing == "Zero" and abs(v) <= 1e-35) or (missing == "NaN" and np.isnan(v)):
+                    left = node["default_left"]
+                else:
+                    left = v <= node["threshold"]
+                child = node["left_child"] if left else node["right_child"]
+                e_child = expected(child)[0]
+                out[i, node["split_feature"]] += e_child - e
+                node, e = child, e_child
+    return out
 
 
 def test_scores_from_features_equal_scores_from_events(

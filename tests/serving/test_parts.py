@@ -117,6 +117,21 @@ def test_top_contributions_orders_by_absolute_size() -> None:
     assert top_contributions(contrib[:0], 3).shape == (0, 3)
 
 
+@pytest.mark.parametrize(
+    "rows",
+    [
+        3,  # a small request: one sort per row
+        40,  # a large one: partition, then sort the chosen few
+    ],
+)
+def test_top_contributions_are_the_largest_whatever_the_request_size(rows: int) -> None:
+    rng = np.random.default_rng(rows)
+    contrib = rng.normal(size=(rows, 50))  # continuous: no ties
+    top = top_contributions(contrib, 4)
+    expected = np.argsort(-np.abs(contrib), axis=1)[:, :4]
+    np.testing.assert_array_equal(top, expected)
+
+
 def test_per_class_boosters_reproduce_the_multiclass_head_exactly(trained: Trained) -> None:
     bundle = ModelBundle.load(trained.v1_dir)
     parts = split_multiclass(bundle.stage_booster)

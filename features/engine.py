@@ -103,20 +103,22 @@ def build_features(
         # Customers absent from the log share one extra, empty slot.
         snap_codes = np.where(snap_codes < 0, n_cust, snap_codes)
         cust_ptr = np.append(log.cust_ptr, log.cust_ptr[-1])
-        values, _ = _run(
+        values = _run(
             cust_ptr, log, snap_codes, snap_asof, n_cust + 1, definition, progress, n_cust
         )
         return pd.DataFrame(values, columns=columns, index=index, copy=False)
 
-    cutoff = parse_as_of(as_of).as_unit("ns")
-    snap_codes = np.arange(n_cust, dtype=np.int64)
-    snap_asof = np.full(n_cust, cutoff.value, dtype=np.int64)
-    values, seen = _run(
-        log.cust_ptr, log, snap_codes, snap_asof, n_cust, definition, progress, n_cust
-    )
-    if not seen.all():
-        values = values[seen]
-    ids = pd.Index(log.customers[seen], name=CUSTOMER_ID)
+    cutoff = parse_as_of(as_of).as_unit("ns").value
+    # Rows are the customers with an event before as_of: their first event (events are
+    # time-sorted per customer) is earlier. Chosen up front, so that the feature matrix
+    # is written once, without a filtering copy.
+    seen = np.diff(log.cust_ptr) > 0
+    if len(log.t):
+        seen &= log.t[np.minimum(log.cust_ptr[:-1], len(log.t) - 1)] < cutoff
+    snap_codes = np.flatnonzero(seen)
+    snap_asof = np.full(len(snap_codes), cutoff, dtype=np.int64)
+    values = _run(log.cust_ptr, log, snap_codes, snap_asof, n_cust, definition, progress, n_cust)
+    ids = pd.Index(log.customers[snap_codes], name=CUSTOMER_ID)
     return pd.DataFrame(values, columns=columns, index=ids, copy=False)
 
 
@@ -176,13 +178,13 @@ def feature_matrix(
         np.asarray(t_ns, dtype=np.int64),
         et,
         np.asarray(amount, dtype=np.float64),
+        numba.get_num_threads(),
     )
     _sort_within_customers(ptr, ts, ets, amts)
     log = _EventArrays(np.empty(0, dtype=object), ptr, ts, ets, amts, tuple(type_names))
     snap_codes = np.arange(n_customers, dtype=np.int64)
     snap_asof = np.full(n_customers, as_of_ns, dtype=np.int64)
-    values, _ = _run(ptr, log, snap_codes, snap_asof, n_customers, definition, None, n_customers)
-    return values
+    return _run(ptr, log, snap_codes, snap_asof, n_customers, definition, None, n_customers)
 
 
 def _run(
@@ -194,21 +196,28 @@ def _run(
     definition: FeatureDefinition,
     progress: Progress | None,
     n_cust: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Both kernels over every snapshot: (row-major features, row has an event before as_of)."""
+) -> np.ndarray:
+    """Both kernels over every snapshot, chunk by chunk of customers: row-major features.
+
+    Primitives exist for one chunk at a time (a few hundred MiB at most, reused): at a
+    million customers, primitives for all rows would be gigabytes of fresh memory, and
+    first-touching fresh pages is a large part of the time on virtual machines.
+    """
     compiled = _compile(definition, log.type_names)
     spec = compiled.spec
     rows = snap_codes.shape[0]
-    if n_slots == rows and rows and snap_codes[0] == 0 and (np.diff(snap_codes) == 1).all():
-        order = snap_codes  # one snapshot per customer, in customer order
+    if rows < 2 or (np.diff(snap_codes) >= 0).all():
+        order = np.arange(rows, dtype=np.int64)  # already in customer order
     else:
         order = np.argsort(snap_codes, kind="stable")
     snap_ptr = np.zeros(n_slots + 1, dtype=np.int64)
     np.cumsum(np.bincount(snap_codes, minlength=n_slots), out=snap_ptr[1:])
-    prim = _Primitives.empty(rows, definition)
     asof_sorted = snap_asof[order]
-    for lo in range(0, n_slots, CHUNK_CUSTOMERS):
-        hi = min(lo + CHUNK_CUSTOMERS, n_slots)
+    bounds = [(lo, min(lo + CHUNK_CUSTOMERS, n_slots)) for lo in range(0, n_slots, CHUNK_CUSTOMERS)]
+    chunk_rows = max((snap_ptr[hi] - snap_ptr[lo] for lo, hi in bounds), default=0)
+    prim = _Primitives.empty(int(chunk_rows), definition)
+    values = np.empty((rows, compiled.op.shape[0]), dtype=np.float64)
+    for lo, hi in bounds:
         _accumulate(
             lo,
             hi,
@@ -218,7 +227,6 @@ def _run(
             log.amount,
             snap_ptr,
             asof_sorted,
-            order,
             spec.group_ptr,
             spec.group_idx,
             spec.money_ptr,
@@ -233,20 +241,22 @@ def _run(
             spec.type_column,
             *prim.arrays(),
         )
+        _derive(  # type: ignore[call-arg]  # numba dispatcher, typed as untyped
+            compiled.op,
+            compiled.a,
+            compiled.b,
+            compiled.c,
+            compiled.x,
+            asof_sorted,
+            snap_ptr[lo],
+            snap_ptr[hi] - snap_ptr[lo],
+            order,
+            *prim.arrays(),
+            values,
+        )
         if progress is not None:
             progress(min(hi, n_cust), n_cust)
-    values = np.empty((rows, compiled.op.shape[0]), dtype=np.float64)
-    _derive(  # type: ignore[call-arg]  # numba dispatcher, typed as untyped
-        compiled.op,
-        compiled.a,
-        compiled.b,
-        compiled.c,
-        compiled.x,
-        snap_asof,
-        *prim.arrays(),
-        values,
-    )
-    return values, prim.cnt[:, -1, -1] > 0
+    return values
 
 
 # -- input layout ----------------------------------------------------------------------
@@ -259,7 +269,7 @@ class _EventArrays:
     customers: np.ndarray  # customer id per code, sorted
     cust_ptr: np.ndarray  # int64[n_customers + 1]
     t: np.ndarray  # int64 ns since the epoch, UTC
-    et: np.ndarray  # int32 event-type code
+    et: np.ndarray  # event-type code (the categorical's integer width)
     amount: np.ndarray  # float64, NaN when absent
     type_names: tuple[str, ...]
 
@@ -277,10 +287,12 @@ class _EventArrays:
             )
         else:
             amount = np.full(len(events), np.nan)
-        et_codes = etype.codes.astype(np.int32, copy=False)
+        et_codes = etype.codes  # int8 for up to 127 types: kept narrow, not widened
         if len(et_codes) and et_codes.min() < 0:
             raise ValueError("column 'event_type' has missing values")
-        ptr, ts, ets, amts = _group_by_customer(codes, len(customers), t, et_codes, amount)
+        ptr, ts, ets, amts = _group_by_customer(
+            codes, len(customers), t, et_codes, amount, numba.get_num_threads()
+        )
         _sort_within_customers(ptr, ts, ets, amts)
         return cls(customers, ptr, ts, ets, amts, tuple(str(c) for c in etype.categories))
 
@@ -293,16 +305,16 @@ def _customer_codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     dropped, by an O(n) remapping rather than pandas' sort-based one.
     """
     cat = _as_categorical(values, CUSTOMER_ID)
-    codes = cat.codes.astype(np.int64, copy=False)
+    codes = cat.codes  # int32 up to 2**31 customers: kept, not widened (a copy per event)
     if len(codes) and codes.min() < 0:
         raise ValueError("column 'customer_id' has missing values")
     categories = cat.categories
     if not categories.is_monotonic_increasing:
         cat = pd.Categorical(np.asarray(cat).astype(str))
-        codes, categories = cat.codes.astype(np.int64, copy=False), cat.categories
+        codes, categories = cat.codes, cat.categories
     used = np.bincount(codes, minlength=len(categories)) > 0
     if not used.all():
-        codes = (np.cumsum(used) - 1)[codes]
+        codes = (np.cumsum(used) - 1).astype(codes.dtype)[codes]
         categories = categories[used]
     return codes, np.asarray(categories.astype(str), dtype=object)
 
@@ -349,14 +361,16 @@ def _snapshot_arrays(
 
 
 @numba.njit(parallel=True, cache=True)
-def _group_by_customer(codes, n_cust, t, et, amount):  # type: ignore[no-untyped-def]
+def _group_by_customer(codes, n_cust, t, et, amount, threads):  # type: ignore[no-untyped-def]
     """Stable counting sort of events by customer code: O(n), keeps time order.
 
     Events are cut into blocks; each block counts its customers, the counts give
     each block its own disjoint output positions, and the blocks scatter in parallel.
     """
     n = codes.shape[0]
-    n_blocks = max(1, min(16, n // 65_536))
+    # One block per thread: each block has a histogram over all customers, which at a
+    # million customers is megabytes per block, so more blocks only add cache misses.
+    n_blocks = max(1, min(threads, n // 65_536))
     size = (n + n_blocks - 1) // n_blocks
     hist = np.zeros((n_blocks, n_cust), dtype=np.int64)
     for b in numba.prange(n_blocks):
@@ -371,7 +385,7 @@ def _group_by_customer(codes, n_cust, t, et, amount):  # type: ignore[no-untyped
             run += h
         ptr[c + 1] = run
     ts = np.empty(n, dtype=np.int64)
-    ets = np.empty(n, dtype=np.int32)
+    ets = np.empty(n, dtype=et.dtype)
     amts = np.empty(n, dtype=np.float64)
     for b in numba.prange(n_blocks):
         for i in range(b * size, min(n, (b + 1) * size)):
@@ -580,24 +594,25 @@ class _Primitives:
 
     @classmethod
     def empty(cls, rows: int, d: FeatureDefinition) -> _Primitives:
+        """Uninitialised: the kernel resets each row before filling it."""
         g = len(d.group_names)
         m = len(d.monetary_groups)
         return cls(
-            cnt=np.zeros((rows, g, len(d.count_windows) + 1), dtype=np.int64),
-            last_t=np.full((rows, g), _NONE, dtype=np.int64),
-            first_t=np.full(rows, _NONE, dtype=np.int64),
-            msum=np.zeros((rows, m, len(d.monetary_windows_days) + 1)),
-            mn=np.zeros((rows, m), dtype=np.int64),
-            active=np.zeros((rows, len(d.active_days_windows_days) + 1), dtype=np.int64),
-            funnel=np.zeros((rows, len(d.funnel_windows_days) + 1), dtype=np.int32),
-            pdays=np.zeros(rows, dtype=np.int64),
-            first_pt=np.full(rows, _NONE, dtype=np.int64),
-            last_pt=np.full(rows, _NONE, dtype=np.int64),
-            gsum=np.zeros(rows),
-            gsq=np.zeros(rows),
-            lcnt=np.zeros((rows, g, len(d.last_active_windows_days)), dtype=np.int64),
-            lfun=np.zeros((rows, len(d.last_active_windows_days)), dtype=np.int32),
-            ltyp=np.zeros(
+            cnt=np.empty((rows, g, len(d.count_windows) + 1), dtype=np.int64),
+            last_t=np.empty((rows, g), dtype=np.int64),
+            first_t=np.empty(rows, dtype=np.int64),
+            msum=np.empty((rows, m, len(d.monetary_windows_days) + 1)),
+            mn=np.empty((rows, m), dtype=np.int64),
+            active=np.empty((rows, len(d.active_days_windows_days) + 1), dtype=np.int64),
+            funnel=np.empty((rows, len(d.funnel_windows_days) + 1), dtype=np.int32),
+            pdays=np.empty(rows, dtype=np.int64),
+            first_pt=np.empty(rows, dtype=np.int64),
+            last_pt=np.empty(rows, dtype=np.int64),
+            gsum=np.empty(rows),
+            gsq=np.empty(rows),
+            lcnt=np.empty((rows, g, len(d.last_active_windows_days)), dtype=np.int64),
+            lfun=np.empty((rows, len(d.last_active_windows_days)), dtype=np.int32),
+            ltyp=np.empty(
                 (
                     rows,
                     len(d.event_types) if d.last_active_by_event_type else 0,
@@ -637,7 +652,6 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
     amount,
     snap_ptr,
     snap_asof,
-    snap_row,
     group_ptr,
     group_idx,
     money_ptr,
@@ -670,11 +684,27 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
     n_c, n_m, n_a, n_f = cwin.shape[0], mwin.shape[0], awin.shape[0], fwin.shape[0]
     n_l = lwin.shape[0]
     g_all = cnt.shape[1] - 1
+    base = snap_ptr[lo]
     for c in numba.prange(lo, hi):
         e0, e1 = cust_ptr[c], cust_ptr[c + 1]
         for s in range(snap_ptr[c], snap_ptr[c + 1]):
             as_of = snap_asof[s]
-            r = snap_row[s]
+            r = s - base  # the chunk's primitives are reused: start from empty
+            cnt[r] = 0
+            last_t[r] = none
+            first_t[r] = none
+            msum[r] = 0.0
+            mn[r] = 0
+            active[r] = 0
+            funnel[r] = 0
+            pdays[r] = 0
+            first_pt[r] = none
+            last_pt[r] = none
+            gsum[r] = 0.0
+            gsq[r] = 0.0
+            lcnt[r] = 0
+            lfun[r] = 0
+            ltyp[r] = 0
             last_day = np.full(n_a + 1, none, dtype=np.int64)
             prev_pday = none
             stop = e1
@@ -782,6 +812,9 @@ def _derive(  # type: ignore[no-untyped-def]  # noqa: PLR0913
     c,
     x,
     as_of,
+    base,
+    rows,
+    order,
     cnt,
     last_t,
     first_t,
@@ -799,13 +832,18 @@ def _derive(  # type: ignore[no-untyped-def]  # noqa: PLR0913
     ltyp,
     out,
 ):
-    """Evaluate the plan of :func:`_compile` for every row: ``out[row, feature]``."""
+    """Evaluate the plan of :func:`_compile` for a chunk's rows into ``out[row, feature]``.
+
+    Primitive row ``r`` is snapshot ``base + r`` in customer order, which is output row
+    ``order[base + r]``.
+    """
     none = np.iinfo(np.int64).min
     nan = np.nan
     day = 86_400_000_000_000
     g_all = last_t.shape[1] - 1
-    for r in numba.prange(out.shape[0]):
-        now = as_of[r]
+    for r in numba.prange(rows):
+        now = as_of[base + r]
+        row = order[base + r]
         n_gaps = pdays[r] - 1
         mean = gsum[r] / n_gaps if n_gaps > 0 else nan
         for j in range(op.shape[0]):
@@ -855,7 +893,7 @@ def _derive(  # type: ignore[no-untyped-def]  # noqa: PLR0913
                 v = nan if first_pt[r] == none else (last_pt[r] - first_pt[r]) / day
             else:  # _OP_BTYD_AGE
                 v = nan if first_pt[r] == none else (now - first_pt[r]) / day
-            out[r, j] = v
+            out[row, j] = v
 
 
 __all__ = ["ALL", "CHUNK_CUSTOMERS", "build_features", "feature_matrix"]

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from features import engine
 from features.definition import definition_from_dict, load_definition
 from features.engine import build_features, feature_matrix
 
@@ -478,3 +479,30 @@ def test_array_entry_point_refuses_bad_arrays(change: dict, message: str) -> Non
             as_of_ns=2 * 10**9,
             definition=load_definition(),
         )
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=log_and_as_of(), chunk=st.integers(1, 4), data=st.data())
+def test_chunks_of_customers_change_nothing(
+    case: tuple[pd.DataFrame, pd.Timestamp], chunk: int, data: st.DataObject
+) -> None:
+    # The kernels run chunk by chunk of customers, reusing one chunk's accumulators:
+    # tiny chunks (many boundaries, snapshots in any order) must give the same values.
+    events, as_of = case
+    ids = sorted(set(events["customer_id"])) + ["never-seen"]
+    k = data.draw(st.integers(1, 12))
+    snaps = pd.DataFrame(
+        {
+            "customer_id": data.draw(st.lists(st.sampled_from(ids), min_size=k, max_size=k)),
+            "as_of": [
+                as_of + pd.Timedelta(hours=h)
+                for h in data.draw(st.lists(st.integers(-2000, 2000), min_size=k, max_size=k))
+            ],
+        }
+    )
+    whole_as_of = build_features(events, as_of=as_of)
+    whole_snaps = build_features(events, snapshots=snaps)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "CHUNK_CUSTOMERS", chunk)
+        pd.testing.assert_frame_equal(build_features(events, as_of=as_of), whole_as_of)
+        pd.testing.assert_frame_equal(build_features(events, snapshots=snaps), whole_snaps)

@@ -10,17 +10,26 @@ thread: :meth:`TreeEnsemble.raw_scores` (every output's raw score),
 :meth:`TreeEnsemble.path_contributions` (per-feature attributions of one output per row,
 walking only that output's trees) and :meth:`TreeEnsemble.raw_scores_and_contributions`
 (both for every output in one walk, for a server that picks the output to explain from
-the scores). The trees come from ``Booster.dump_model()``, plain JSON read as data, and
-their thresholds from LightGBM's text format (the dump rounds infinite thresholds, see
-:func:`_exact_thresholds`): nothing stored in a model is executed. Any model feature the
-kernels do not implement (categorical splits, linear trees, random forests, unknown
-fields) is refused with a ``ValueError`` at load, so a score is never silently wrong.
+the scores).
+
+The trees are read from LightGBM's text format (``Booster.model_to_string()``, what
+``save_model`` writes and LightGBM loads), parsed as data: nothing stored in a model is
+executed. Not from the JSON dump (``Booster.dump_model()``), for two reasons: the dump
+writes an infinite threshold as ``1e300`` (LightGBM does make infinite thresholds, and
+``inf <= inf`` goes left where ``inf <= 1e300`` would not), and it is slow and large, paid
+at every model load and hot swap of the server (1500 trees of 31 leaves: about 1.1 s and
+18 MB, against 0.1 s for the text). The dump is used only by a test, which checks that
+both readings give the same trees. The parse is strict (see :func:`_read_text_model`):
+a missing or unknown line, arrays of the wrong length, or child links that do not make a
+tree are refused. Any model feature the kernels do not implement (categorical splits,
+linear trees, random forests, unknown fields) is refused with a ``ValueError`` at load,
+so a score is never silently wrong.
 
 Raw scores are LightGBM's, bit for bit: the same decision rule per node
 (``NumericalDecision`` of LightGBM's ``tree.h``, see :func:`_goes_left`), the same
-thresholds and leaf values (both serialisations print doubles with 17 significant
-digits, so they read back exactly), and the same summation order (trees added in model
-order into a zero-started sum per output).
+thresholds and leaf values (the text format prints doubles with 17 significant digits,
+so they read back exactly), and the same summation order (trees added in model order
+into a zero-started sum per output).
 
 Attribution
 -----------
@@ -50,9 +59,9 @@ against TreeSHAP's ``O(leaves * depth^2)`` per tree.
 
 from __future__ import annotations
 
-import math
+import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NamedTuple
 
 import lightgbm as lgb
 import numba
@@ -63,28 +72,68 @@ import numpy as np
 ZERO_THRESHOLD = float(np.float32(1e-35))
 #: ``missing_type`` codes (LightGBM's own: bits 2-3 of ``decision_type``).
 MISSING_NONE, MISSING_ZERO, MISSING_NAN = 0, 1, 2
-_MISSING_CODE = {"None": MISSING_NONE, "Zero": MISSING_ZERO, "NaN": MISSING_NAN}
+# Bits of a split's decision_type (tree.h): kCategoricalMask, kDefaultLeftMask; bits 2-3
+# are the missing type, no other bit is used.
+_CATEGORICAL_MASK, _DEFAULT_LEFT_MASK = 1, 2
 
-# Fields of the JSON dump the kernels account for. Any other field means a model feature
-# this module does not implement (e.g. a linear tree's leaf_const / leaf_coeff): refused.
-_SPLIT_KEYS = frozenset(
+# The text format, as LightGBM's GBDT::SaveModelToString and Tree::ToString write it.
+# Header lines: any other is a model feature this module does not know, refused.
+_HEADER_KEYS = frozenset(
     {
-        "split_index",
-        "split_feature",
-        "split_gain",
-        "threshold",
-        "decision_type",
-        "default_left",
-        "missing_type",
-        "internal_value",
-        "internal_weight",
-        "internal_count",
-        "left_child",
-        "right_child",
+        "version",
+        "num_class",
+        "num_tree_per_iteration",
+        "label_index",
+        "max_feature_idx",
+        "objective",
+        "average_output",
+        "feature_names",
+        "monotone_constraints",
+        "feature_infos",
+        "tree_sizes",
     }
 )
-_LEAF_KEYS = frozenset({"leaf_index", "leaf_value", "leaf_weight", "leaf_count"})
-_TREE_KEYS = frozenset({"tree_index", "num_leaves", "num_cat", "shrinkage", "tree_structure"})
+_HEADER_NEEDED = (
+    "version",
+    "num_class",
+    "num_tree_per_iteration",
+    "max_feature_idx",
+    "feature_names",
+    "tree_sizes",
+)
+_VERSIONS = frozenset({"v3", "v4"})
+# Boosting types whose prediction is the plain sum of the trees (rf averages them).
+_SUMMING_BOOSTING = frozenset({"gbdt", "dart", "goss"})
+# Lines of a tree block read here: one value per split node, one per leaf (internal_count
+# only checked: a split's rows are summed from its leaves).
+_SPLIT_LINES = (
+    "split_feature",
+    "threshold",
+    "decision_type",
+    "left_child",
+    "right_child",
+    "internal_count",
+)
+_LEAF_LINES = ("leaf_value", "leaf_count")
+# Lines of a tree block known and not needed (``shrinkage`` is already in the leaf
+# values; ``is_linear`` must be 0). Anything else is refused, the lines of linear trees
+# and categorical splits with their own message.
+_TREE_KEYS = frozenset(
+    {
+        "num_leaves",
+        "num_cat",
+        "is_linear",
+        "shrinkage",
+        "split_gain",
+        "internal_value",
+        "internal_weight",
+        "leaf_weight",
+        *_SPLIT_LINES,
+        *_LEAF_LINES,
+    }
+)
+_LINEAR_KEYS = frozenset({"leaf_const", "num_features", "leaf_features", "leaf_coeff"})
+_CATEGORICAL_KEYS = frozenset({"cat_boundaries", "cat_threshold"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,11 +226,9 @@ class TreeEnsemble:
     def from_booster(cls, booster: lgb.Booster) -> TreeEnsemble:
         """Flatten a booster's trees, as ``booster.predict`` would use them.
 
-        The trees come from ``booster.dump_model()`` (JSON); the split thresholds from
-        ``booster.model_to_string()`` (LightGBM's text format), because the JSON dump
-        writes an infinite threshold as ``1e300``. Both keep the iterations ``predict``
-        uses by default (up to ``best_iteration`` when early stopping set one), and
-        they are checked to agree on every threshold and leaf value.
+        Reads ``booster.model_to_string()``, LightGBM's text format, only (see the module
+        docstring). It keeps the iterations ``predict`` uses by default (up to
+        ``best_iteration`` when early stopping set one).
 
         Parameters
         ----------
@@ -196,54 +243,41 @@ class TreeEnsemble:
         ------
         ValueError
             When the model uses anything the kernels do not implement: categorical
-            splits, linear trees, random-forest averaging, an unknown decision or
-            missing type, a non-numeric threshold, an unknown field in the dump, a
-            tree without row counts (the expected values need them), or when the two
-            serialisations disagree.
+            splits or pandas categorical features, linear trees, random-forest
+            averaging, an unknown boosting type, decision or missing type, an unknown
+            line in the header or in a tree; when the text is malformed (a needed line
+            missing, a non-numeric value, arrays of the wrong length, ``tree_sizes``
+            not matching the trees, child links that do not make a tree); or when a
+            tree has no row counts (the expected values need them).
         """
-        dump = booster.dump_model()
-        if dump.get("name") != "tree":
-            raise ValueError(f"not a LightGBM tree model (name {dump.get('name')!r})")
-        if dump.get("average_output", False):
-            # Random forest: predict() averages the trees, but predict(raw_score=True) and
-            # pred_contrib return their sum (LightGBM 4.x), so there is no one raw score.
-            raise ValueError("random-forest models (average_output) are not supported")
-        if dump.get("pandas_categorical"):
-            raise ValueError("categorical features are not supported by scoring.trees")
-        num_outputs = int(dump["num_tree_per_iteration"])
-        num_features = int(dump["max_feature_idx"]) + 1
-        trees = dump["tree_info"]
-        if num_outputs < 1 or len(trees) % num_outputs:
+        model = _read_text_model(booster.model_to_string())
+        num_outputs, num_trees = model.num_outputs, len(model.trees)
+        if num_trees % num_outputs:
             raise ValueError(
-                f"{len(trees)} trees do not make whole iterations of {num_outputs} outputs"
+                f"{num_trees} trees do not make whole iterations of {num_outputs} outputs"
             )
-        flat = _Flattener(num_features)
-        roots = [flat.add_tree(t, position) for position, t in enumerate(trees)]
-        threshold = _exact_thresholds(flat, booster.model_to_string(), len(trees))
-        num_iterations = len(trees) // num_outputs
-
-        root_value = np.array(
-            [flat.node_value[r] if r >= 0 else flat.leaf_value[~r] for r in roots],
-            dtype=np.float64,
-        )
-        bias = root_value.reshape(num_iterations, num_outputs).sum(axis=0)
-        names = dump.get("feature_names") or [f"Column_{j}" for j in range(num_features)]
+        flat = _flatten(model.trees, model.num_features)
+        root = flat.tree_root
+        root_value = np.empty(num_trees, dtype=np.float64)
+        root_value[root >= 0] = flat.node_value[root[root >= 0]]
+        root_value[root < 0] = flat.leaf_value[~root[root < 0]]
+        num_iterations = num_trees // num_outputs
         return cls(
-            split_feature=np.array(flat.split_feature, dtype=np.int32),
-            threshold=threshold,
-            default_left=np.array(flat.default_left, dtype=np.bool_),
-            missing_type=np.array(flat.missing_type, dtype=np.int8),
-            left_child=np.array(flat.left_child, dtype=np.int32),
-            right_child=np.array(flat.right_child, dtype=np.int32),
-            node_value=np.array(flat.node_value, dtype=np.float64),
-            leaf_value=np.array(flat.leaf_value, dtype=np.float64),
-            tree_root=np.array(roots, dtype=np.int32),
-            tree_output=np.arange(len(trees), dtype=np.int32) % num_outputs,
-            bias=bias,
-            num_features=num_features,
+            split_feature=flat.split_feature,
+            threshold=flat.threshold,
+            default_left=flat.default_left,
+            missing_type=flat.missing_type,
+            left_child=flat.left_child,
+            right_child=flat.right_child,
+            node_value=flat.node_value,
+            leaf_value=flat.leaf_value,
+            tree_root=root,
+            tree_output=np.arange(num_trees, dtype=np.int32) % num_outputs,
+            bias=root_value.reshape(num_iterations, num_outputs).sum(axis=0),
+            num_features=model.num_features,
             num_outputs=num_outputs,
             num_iterations=num_iterations,
-            feature_names=tuple(names),
+            feature_names=model.feature_names,
         )
 
     def _rows(self, X: np.ndarray) -> np.ndarray:
@@ -356,153 +390,302 @@ class TreeEnsemble:
         )
 
 
-class _Flattener:
-    """Appends the trees of a JSON dump to flat lists, checking every field."""
+@dataclass(frozen=True)
+class _TextModel:
+    """What :func:`_read_text_model` keeps of a text model."""
 
-    def __init__(self, num_features: int) -> None:
-        self.num_features = num_features
-        self.split_feature: list[int] = []
-        self.threshold: list[float] = []
-        self.default_left: list[bool] = []
-        self.missing_type: list[int] = []
-        self.left_child: list[int] = []
-        self.right_child: list[int] = []
-        self.node_value: list[float] = []
-        self.leaf_value: list[float] = []
-
-    def add_tree(self, tree: dict[str, Any], position: int) -> int:
-        """Append one tree; returns its root encoded as a child."""
-        where = f"tree {position}"
-        _check_keys(tree, _TREE_KEYS, where)
-        if tree.get("num_cat", 0):
-            raise ValueError(f"{where} has categorical splits; scoring.trees supports none")
-        num_leaves = int(tree["num_leaves"])
-        split_base, leaf_base = len(self.split_feature), len(self.leaf_value)
-        self.split_feature.extend([0] * (num_leaves - 1))
-        self.threshold.extend([0.0] * (num_leaves - 1))
-        self.default_left.extend([False] * (num_leaves - 1))
-        self.missing_type.extend([0] * (num_leaves - 1))
-        self.left_child.extend([0] * (num_leaves - 1))
-        self.right_child.extend([0] * (num_leaves - 1))
-        self.node_value.extend([math.nan] * (num_leaves - 1))
-        self.leaf_value.extend([math.nan] * num_leaves)
-        seen_leaves: set[int] = set()
-        seen_splits: set[int] = set()
-
-        def encode(node: dict[str, Any]) -> int:
-            if "split_index" in node:
-                index = int(node["split_index"])
-                if not 0 <= index < num_leaves - 1 or index in seen_splits:
-                    raise ValueError(f"{where}: bad split_index {index}")
-                seen_splits.add(index)
-                return split_base + index
-            index = int(node.get("leaf_index", 0))
-            if not 0 <= index < num_leaves or index in seen_leaves:
-                raise ValueError(f"{where}: bad leaf_index {index}")
-            seen_leaves.add(index)
-            return ~(leaf_base + index)
-
-        root = encode(tree["tree_structure"])
-        # Iterative post-order walk: deep trees must not hit Python's recursion limit.
-        stack: list[tuple[dict[str, Any], int, bool]] = [(tree["tree_structure"], root, False)]
-        weighted: dict[int, tuple[float, int]] = {}  # code -> (sum count * value, count)
-        while stack:
-            node, code, children_done = stack.pop()
-            if code < 0:
-                _check_keys(node, _LEAF_KEYS, where)
-                value = _number(node["leaf_value"], where)
-                count = int(node.get("leaf_count", 0))
-                self.leaf_value[~code] = value
-                weighted[code] = (count * value, count)
-                continue
-            if not children_done:
-                self._add_split(node, code, where)
-                left, right = encode(node["left_child"]), encode(node["right_child"])
-                self.left_child[code], self.right_child[code] = left, right
-                stack.append((node, code, True))
-                stack.append((node["left_child"], left, False))
-                stack.append((node["right_child"], right, False))
-                continue
-            sum_l, n_l = weighted.pop(self.left_child[code])
-            sum_r, n_r = weighted.pop(self.right_child[code])
-            total, count = sum_l + sum_r, n_l + n_r
-            if count <= 0:
-                raise ValueError(
-                    f"{where} has no row counts (leaf_count); the expected values need them"
-                )
-            self.node_value[code] = total / count
-            weighted[code] = (total, count)
-        if len(seen_leaves) != num_leaves or len(seen_splits) != num_leaves - 1:
-            raise ValueError(f"{where}: num_leaves {num_leaves} does not match its nodes")
-        return root
-
-    def _add_split(self, node: dict[str, Any], code: int, where: str) -> None:
-        _check_keys(node, _SPLIT_KEYS, where)
-        decision = node["decision_type"]
-        if decision == "==":
-            raise ValueError(f"{where} has a categorical split; scoring.trees supports none")
-        if decision != "<=":
-            raise ValueError(f"{where} has an unsupported decision_type {decision!r}")
-        missing = node["missing_type"]
-        if missing not in _MISSING_CODE:
-            raise ValueError(f"{where} has an unsupported missing_type {missing!r}")
-        feature = int(node["split_feature"])
-        if not 0 <= feature < self.num_features:
-            raise ValueError(f"{where} splits on feature {feature} outside the model's")
-        self.split_feature[code] = feature
-        self.threshold[code] = _number(node["threshold"], where)
-        self.default_left[code] = bool(node["default_left"])
-        self.missing_type[code] = _MISSING_CODE[missing]
+    num_outputs: int
+    num_features: int
+    feature_names: tuple[str, ...]
+    trees: list[dict[str, str]]  # each tree's lines, key -> value
 
 
-def _check_keys(node: dict[str, Any], known: frozenset[str], where: str) -> None:
-    unknown = set(node) - known
-    if {"leaf_const", "leaf_coeff", "leaf_features"} & unknown:
+def _read_text_model(text: str) -> _TextModel:
+    """Parse LightGBM's text format (``GBDT::SaveModelToString``), refusing what is unknown.
+
+    The layout: a header (``tree``, then ``key=value`` lines, ``average_output`` alone),
+    a blank line, the trees (``Tree=i`` then ``key=value`` lines; ``tree_sizes`` in the
+    header gives each tree's length in characters), ``end of trees``, then feature
+    importances, the training parameters (``[key: value]`` lines between
+    ``parameters:`` and ``end of parameters``; absent from a model LightGBM did not
+    write them for) and, from the Python package, a ``pandas_categorical:`` JSON line.
+    Of the header, ``num_tree_per_iteration`` (the outputs), ``max_feature_idx`` and
+    ``feature_names`` are used; ``num_class`` must equal ``num_tree_per_iteration``;
+    ``objective`` (the link from raw score to prediction) is not needed for raw scores.
+    """
+    head, blank, body = text.partition("\n\n")
+    if not blank:
+        raise ValueError("not a LightGBM text model (no header)")
+    header = _read_header(head)
+    if "average_output" in header:
+        # Random forest: predict() averages the trees, but predict(raw_score=True) and
+        # pred_contrib return their sum (LightGBM 4.x), so there is no one raw score.
+        raise ValueError("random-forest models (average_output) are not supported")
+    missing = [key for key in _HEADER_NEEDED if key not in header]
+    if missing:
+        raise ValueError(f"the text model's header lacks {missing}")
+    if header["version"] not in _VERSIONS:
+        raise ValueError(f"unsupported LightGBM model version {header['version']!r}")
+    num_class = _int(header["num_class"], "num_class")
+    num_outputs = _int(header["num_tree_per_iteration"], "num_tree_per_iteration")
+    if num_outputs < 1 or num_class != num_outputs:
+        raise ValueError(
+            f"num_tree_per_iteration {num_outputs} must be num_class {num_class} (>= 1)"
+        )
+    num_features = _int(header["max_feature_idx"], "max_feature_idx") + 1
+    names = tuple(header["feature_names"].split(" "))
+    if num_features < 1 or len(names) != num_features:
+        raise ValueError(f"{len(names)} feature_names for max_feature_idx {num_features - 1}")
+
+    sizes = [_int(size, "tree_sizes") for size in header["tree_sizes"].split()]
+    trees, start = [], 0
+    for position, size in enumerate(sizes):
+        block = body[start : start + size]
+        start += size
+        title, _, lines = block.partition("\n")
+        if title != f"Tree={position}":
+            raise ValueError(f"tree_sizes does not match the trees (at tree {position})")
+        trees.append(_read_tree(lines, f"tree {position}"))
+    if not body.startswith("end of trees\n", start):
+        raise ValueError(f"no 'end of trees' after the {len(sizes)} trees of tree_sizes")
+    _check_trailer(body[start + len("end of trees\n") :])
+    return _TextModel(num_outputs, num_features, names, trees)
+
+
+def _read_header(head: str) -> dict[str, str]:
+    first, _, rest = head.partition("\n")
+    if first != "tree":
+        raise ValueError(f"not a LightGBM tree model (first line {first[:40]!r})")
+    header: dict[str, str] = {}
+    for line in rest.split("\n"):
+        key, sep, value = line.partition("=")
+        if key not in _HEADER_KEYS:
+            raise ValueError(
+                f"the text model's header has a line scoring.trees does not know: {line[:60]!r}"
+            )
+        if key in header or (not sep and key != "average_output"):
+            raise ValueError(f"malformed header line {line[:60]!r} of the text model")
+        header[key] = value
+    return header
+
+
+def _read_tree(lines: str, where: str) -> dict[str, str]:
+    """The ``key=value`` lines of one tree block, checked against the known keys."""
+    tree: dict[str, str] = {}
+    for line in lines.rstrip("\n").split("\n"):
+        key, sep, value = line.partition("=")
+        if not sep or key in tree:
+            raise ValueError(f"{where}: malformed line {line[:60]!r}")
+        tree[key] = value
+    if tree.get("num_cat", "0") != "0" or _CATEGORICAL_KEYS & tree.keys():
+        raise ValueError(f"{where} has categorical splits; scoring.trees supports none")
+    if tree.get("is_linear", "0") != "0" or _LINEAR_KEYS & tree.keys():
         raise ValueError(f"{where} is a linear tree; scoring.trees supports none")
+    unknown = tree.keys() - _TREE_KEYS
     if unknown:
         raise ValueError(f"{where} has fields scoring.trees does not implement: {sorted(unknown)}")
+    needed = ("num_leaves", "num_cat", *_SPLIT_LINES, *_LEAF_LINES)
+    missing = [key for key in needed if key not in tree]
+    if missing:
+        raise ValueError(f"{where} lacks the lines {missing}")
+    return tree
 
 
-def _number(value: Any, where: str) -> float:
-    # bool is an int: reject it too. Categorical thresholds are strings ("0||2||4").
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{where} has a non-numeric value {value!r}")
-    return float(value)
+def _check_trailer(tail: str) -> None:
+    """Refuse what the text after the trees says the trees alone do not."""
+    parameters: dict[str, str] = {}
+    in_parameters = False
+    pandas_categorical = "null"
+    for line in tail.split("\n"):
+        if line == "parameters:":
+            in_parameters = True
+        elif line == "end of parameters":
+            in_parameters = False
+        elif in_parameters and line:  # LightGBM skips empty lines
+            key, sep, value = line.removeprefix("[").removesuffix("]").partition(": ")
+            if not (sep and line.startswith("[") and line.endswith("]")):
+                raise ValueError(f"malformed parameter line {line[:60]!r} of the text model")
+            parameters[key] = value
+        elif line.startswith("pandas_categorical:"):
+            pandas_categorical = line.removeprefix("pandas_categorical:")
+    boosting = parameters.get("boosting", "gbdt")
+    if boosting == "rf":
+        raise ValueError("random-forest models (boosting rf) are not supported")
+    if boosting not in _SUMMING_BOOSTING:
+        raise ValueError(f"unsupported boosting type {boosting!r}")
+    if parameters.get("linear_tree", "0") != "0":
+        raise ValueError("the model has linear trees (linear_tree); scoring.trees supports none")
+    try:
+        categories = json.loads(pandas_categorical)
+    except ValueError:
+        raise ValueError(f"malformed pandas_categorical {pandas_categorical[:60]!r}") from None
+    if categories:
+        raise ValueError("categorical features are not supported by scoring.trees")
 
 
-def _exact_thresholds(flat: _Flattener, text: str, num_trees: int) -> np.ndarray:
-    """The thresholds of the text model, checked against the dump's.
+class _Flat(NamedTuple):
+    split_feature: np.ndarray
+    threshold: np.ndarray
+    default_left: np.ndarray
+    missing_type: np.ndarray
+    left_child: np.ndarray
+    right_child: np.ndarray
+    node_value: np.ndarray
+    leaf_value: np.ndarray
+    tree_root: np.ndarray
 
-    The JSON dump passes thresholds through LightGBM's ``AvoidInf`` (``|x| >= 1e300``
-    becomes ``±1e300``), and LightGBM does make infinite thresholds: a split of the
-    missing values from all others has threshold ``inf``, and ``inf <= inf`` goes left
-    where ``inf <= 1e300`` would not. The text model prints every double exactly.
+
+def _flatten(trees: list[dict[str, str]], num_features: int) -> _Flat:
+    """The trees' nodes in one index space of splits and one of leaves (see TreeEnsemble).
+
+    Tree ``t``'s split ``j`` is split ``split_base[t] + j``, its leaf ``j`` leaf
+    ``leaf_base[t] + j``: LightGBM's own numbering within a tree, whose root is split 0
+    (leaf 0 for a tree without a split).
     """
-    blocks = text.partition("\nend of trees")[0].split("\nTree=")[1:]
-    if len(blocks) != num_trees:
-        raise ValueError(f"the text model has {len(blocks)} trees, the dump {num_trees}")
-    fields = [_text_fields(block) for block in blocks]
-    threshold = np.array([float(v) for f in fields for v in f["threshold"]], dtype=np.float64)
-    leaf_value = np.array([float(v) for f in fields for v in f["leaf_value"]], dtype=np.float64)
-    dumped = np.array(flat.threshold, dtype=np.float64)
-    if threshold.shape != dumped.shape or not np.array_equal(
-        leaf_value, np.array(flat.leaf_value, dtype=np.float64)
-    ):
-        raise ValueError("the text model and the JSON dump of the booster disagree")
-    clamped = (np.abs(threshold) >= 1e300) & (dumped == np.copysign(1e300, threshold))
-    if not ((threshold == dumped) | clamped).all():
-        raise ValueError("the text model and the JSON dump of the booster disagree")
-    return threshold
+    num_leaves = np.array(
+        [_int(tree["num_leaves"], f"tree {t}: num_leaves") for t, tree in enumerate(trees)],
+        dtype=np.int64,
+    )
+    if (num_leaves < 1).any():
+        raise ValueError(f"tree {np.argmax(num_leaves < 1)} has num_leaves < 1")
+    values: dict[str, list[str]] = {key: [] for key in (*_SPLIT_LINES, *_LEAF_LINES)}
+    for t, tree in enumerate(trees):
+        for keys, size in ((_SPLIT_LINES, num_leaves[t] - 1), (_LEAF_LINES, num_leaves[t])):
+            for key in keys:
+                line = tree[key].split()
+                if len(line) != size:
+                    raise ValueError(
+                        f"tree {t}: {key} has {len(line)} values, num_leaves {num_leaves[t]} "
+                        f"means {size}"
+                    )
+                values[key].extend(line)
+    num_splits = num_leaves - 1
+    split_base = np.cumsum(num_splits) - num_splits
+    leaf_base = np.cumsum(num_leaves) - num_leaves
+    split_tree = np.repeat(np.arange(len(trees)), num_splits)  # tree of each split
+    leaf_tree = np.repeat(np.arange(len(trees)), num_leaves)
+    local = np.arange(split_tree.size) - split_base[split_tree]  # index within its tree
+
+    decision = _numbers(values["decision_type"], int, "decision_type")
+    if ((decision < 0) | (decision > 15)).any():
+        raise ValueError(
+            f"tree {split_tree[np.argmax((decision < 0) | (decision > 15))]} has "
+            "an unknown decision_type"
+        )
+    categorical = (decision & _CATEGORICAL_MASK) != 0
+    if categorical.any():
+        raise ValueError(
+            f"tree {split_tree[np.argmax(categorical)]} has a categorical split; "
+            "scoring.trees supports none"
+        )
+    missing_type = (decision >> 2) & 3
+    unknown = ~np.isin(missing_type, [MISSING_NONE, MISSING_ZERO, MISSING_NAN])
+    if unknown.any():
+        raise ValueError(f"tree {split_tree[np.argmax(unknown)]} has an unknown missing type")
+    split_feature = _numbers(values["split_feature"], int, "split_feature")
+    outside = (split_feature < 0) | (split_feature >= num_features)
+    if outside.any():
+        raise ValueError(
+            f"tree {split_tree[np.argmax(outside)]} splits on a feature outside the model's"
+        )
+
+    # Children: a split's split children come after it in its tree (LightGBM numbers a
+    # split when it makes it, below its parent); with every node but the roots a child
+    # exactly once, the links make a tree, without cycles.
+    children = []
+    for key in ("left_child", "right_child"):
+        child = _numbers(values[key], int, key)
+        bad = np.where(
+            child >= 0,
+            (child <= local) | (child >= num_splits[split_tree]),
+            ~child >= num_leaves[split_tree],
+        )
+        if bad.any():
+            raise ValueError(f"tree {split_tree[np.argmax(bad)]}: {key} out of range")
+        children.append(
+            np.where(child >= 0, child + split_base[split_tree], ~(~child + leaf_base[split_tree]))
+        )
+    left, right = children
+    links = np.concatenate([left, right])
+    split_parents = np.bincount(links[links >= 0], minlength=split_tree.size)
+    leaf_parents = np.bincount(~links[links < 0], minlength=leaf_tree.size)
+    bad_split = split_parents != (local > 0)
+    bad_leaf = leaf_parents != (num_splits[leaf_tree] > 0)
+    if bad_split.any() or bad_leaf.any():
+        where = split_tree[bad_split].tolist() + leaf_tree[bad_leaf].tolist()
+        raise ValueError(f"tree {min(where)}: the child links do not make a tree")
+
+    leaf_value = _numbers(values["leaf_value"], float, "leaf_value")
+    leaf_count = _numbers(values["leaf_count"], int, "leaf_count")
+    _numbers(values["internal_count"], int, "internal_count")  # checked, not needed
+    if (leaf_count < 0).any():
+        raise ValueError(f"tree {leaf_tree[np.argmax(leaf_count < 0)]} has a negative leaf_count")
+    count, node_value = _expected_values(local, left, right, leaf_value, leaf_count)
+    if (count <= 0).any():
+        raise ValueError(
+            f"tree {split_tree[np.argmax(count <= 0)]} has no row counts (leaf_count); "
+            "the expected values need them"
+        )
+    return _Flat(
+        split_feature=split_feature.astype(np.int32),
+        threshold=_numbers(values["threshold"], float, "threshold"),
+        default_left=(decision & _DEFAULT_LEFT_MASK) != 0,
+        missing_type=missing_type.astype(np.int8),
+        left_child=left.astype(np.int32),
+        right_child=right.astype(np.int32),
+        node_value=node_value,
+        leaf_value=leaf_value,
+        tree_root=np.where(num_splits > 0, split_base, ~leaf_base).astype(np.int32),
+    )
 
 
-def _text_fields(block: str) -> dict[str, list[str]]:
-    """``key=v1 v2 ...`` lines of one tree of LightGBM's text format."""
-    out: dict[str, list[str]] = {"threshold": [], "leaf_value": []}
-    for line in block.splitlines()[1:]:
-        key, sep, values = line.partition("=")
-        if sep:
-            out[key] = values.split()
-    return out
+def _expected_values(
+    local: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    leaf_value: np.ndarray,
+    leaf_count: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each split's rows (sum of ``leaf_count`` below) and mean leaf value weighted by them.
+
+    Children before parents: splits by decreasing index within their tree, all trees at
+    once (a split's split children have larger indices, see :func:`_flatten`). The
+    arithmetic is a walk's: ``count * value`` per leaf, ``left + right`` per split, then
+    one division.
+    """
+    weighted = leaf_count * leaf_value
+    total = np.zeros(local.size, dtype=np.float64)
+    count = np.zeros(local.size, dtype=np.int64)
+    order = np.argsort(-local, kind="stable")
+    begin = 0
+    for stop in np.cumsum(np.bincount(local)[::-1]):
+        nodes = order[begin:stop]
+        begin = stop
+        sums, counts = [], []
+        for child in (left[nodes], right[nodes]):
+            split, leaf = np.maximum(child, 0), np.maximum(~child, 0)
+            sums.append(np.where(child >= 0, total[split], weighted[leaf]))
+            counts.append(np.where(child >= 0, count[split], leaf_count[leaf]))
+        total[nodes] = sums[0] + sums[1]
+        count[nodes] = counts[0] + counts[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return count, total / count
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"the text model has a non-integer {what}: {text[:40]!r}") from None
+
+
+def _numbers(values: list[str], kind: type[int] | type[float], what: str) -> np.ndarray:
+    """Strings to numbers, by Python's own parsers (``float`` reads a double exactly)."""
+    dtype = np.int64 if kind is int else np.float64
+    try:
+        return np.fromiter(map(kind, values), dtype=dtype, count=len(values))
+    except (ValueError, OverflowError):
+        raise ValueError(f"the text model has a non-numeric {what}") from None
 
 
 def _pack_links(

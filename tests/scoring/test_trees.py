@@ -3,9 +3,11 @@
 Models are trained here on small random data built so that every branch of LightGBM's
 numerical decision is used: NaN missing values sent left and sent right, zero as the
 missing value, no missing value at all (NaN read as 0), a constant feature, single-leaf
-trees and an early-stopped model. Rows are drawn with the values where a decision can go
-wrong: NaN, signed zeros, values below LightGBM's zero threshold, infinities, and every
-split threshold exactly and one ulp either side.
+trees, dart boosting and an early-stopped model. Rows are drawn with the values where a
+decision can go wrong: NaN, signed zeros, values below LightGBM's zero threshold,
+infinities, and every split threshold exactly and one ulp either side. The trees are read
+from LightGBM's text model: one test checks that reading against the JSON dump, and edited
+texts check that the parse refuses what it does not know.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def _early_stopped() -> lgb.Booster:
         200,
         valid_sets=[lgb.Dataset(Xv, yv, reference=train)],
         callbacks=[lgb.early_stopping(5, verbose=False)],
-        # keep the trees after the best iteration: predict() and dump_model() must drop them
+        # keep the trees after the best iteration: predict() and the text model drop them
         keep_training_booster=True,
     )
     assert 0 < booster.best_iteration < booster.current_iteration()
@@ -134,7 +136,9 @@ MODELS = {
     "multiclass_training_defaults": lambda: _train(
         {**DEFAULT_LGB_PARAMS, "num_threads": 1}, 30, binary=False
     ),
-    # early stopping: predict() and dump_model() keep best_iteration trees only
+    # dart: trees rescaled as later ones drop them out, still summed by predict()
+    "binary_dart": lambda: _train({"boosting": "dart"}, 20, binary=True),
+    # early stopping: predict() and model_to_string() keep best_iteration trees only
     "multiclass_early_stopped": _early_stopped,
     # nothing to learn: single-leaf trees
     "regression_constant": _constant_target,
@@ -205,7 +209,7 @@ def test_raw_scores_equal_lightgbm_exactly(models, name, seed):
 
 
 def test_raw_scores_equal_a_booster_reloaded_from_text(models):
-    """Serving loads LightGBM text; its thresholds and leaves must be the dump's."""
+    """Serving loads LightGBM text: a booster loaded from it gives the same arrays."""
     booster, ensemble = models["multiclass_nan"]
     reloaded = lgb.Booster(model_str=booster.model_to_string())
     X = _hard_rows(ensemble, 7)
@@ -216,17 +220,90 @@ def test_raw_scores_equal_a_booster_reloaded_from_text(models):
 
 
 @pytest.mark.parametrize("name", ["binary_nan", "multiclass_zero"])
-def test_dump_keeps_full_precision_of_the_text_model(models, name):
-    """The JSON dump's thresholds and leaf values are the text model's doubles, bit for bit."""
+def test_arrays_are_the_text_models_numbers(models, name):
+    """Thresholds, leaf values and split features are the text model's, bit for bit."""
     booster, ensemble = models[name]
     text = booster.model_to_string()
 
-    def numbers(key: str) -> np.ndarray:
+    def numbers(key: str, dtype: type) -> np.ndarray:
         lines = re.findall(rf"^{key}=(.*)$", text, flags=re.MULTILINE)
-        return np.array([float(v) for line in lines for v in line.split()], dtype=np.float64)
+        return np.array([dtype(v) for line in lines for v in line.split()])
 
-    np.testing.assert_array_equal(ensemble.threshold, numbers("threshold"))
-    np.testing.assert_array_equal(ensemble.leaf_value, numbers("leaf_value"))
+    np.testing.assert_array_equal(ensemble.threshold, numbers("threshold", float))
+    np.testing.assert_array_equal(ensemble.leaf_value, numbers("leaf_value", float))
+    np.testing.assert_array_equal(ensemble.split_feature, numbers("split_feature", int))
+    decision = numbers("decision_type", int)  # tree.h: bit 1 default left, bits 2-3 missing
+    np.testing.assert_array_equal(ensemble.default_left, (decision & 2) != 0)
+    np.testing.assert_array_equal(ensemble.missing_type, (decision >> 2) & 3)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_text_model_agrees_with_the_json_dump(models, name):
+    """The two serialisations of a booster give the same trees.
+
+    The only use of ``dump_model()``: the flattened arrays, read from the text model, are
+    rebuilt here from the JSON dump by a recursive walk, with the expected values
+    computed there as row-count weighted means of the leaves below.
+    """
+    booster, ensemble = models[name]
+    dump = booster.dump_model()
+    assert dump["num_tree_per_iteration"] == ensemble.num_outputs
+    assert dump["max_feature_idx"] + 1 == ensemble.num_features
+    assert tuple(dump["feature_names"]) == ensemble.feature_names
+    trees = dump["tree_info"]
+    assert len(trees) == ensemble.tree_root.size == ensemble.num_iterations * ensemble.num_outputs
+    n_splits, n_leaves = ensemble.threshold.size, ensemble.leaf_value.size
+    assert sum(t["num_leaves"] - 1 for t in trees) == n_splits
+    split_feature = np.full(n_splits, -1)
+    threshold = np.full(n_splits, np.nan)
+    default_left = np.zeros(n_splits, dtype=bool)
+    missing_type = np.full(n_splits, -1)
+    left_child, right_child = np.zeros(n_splits, dtype=int), np.zeros(n_splits, dtype=int)
+    node_value, leaf_value = np.full(n_splits, np.nan), np.full(n_leaves, np.nan)
+    missing_code = {"None": MISSING_NONE, "Zero": MISSING_ZERO, "NaN": MISSING_NAN}
+    roots, split_base, leaf_base = [], 0, 0
+
+    def walk(node: dict[str, Any]) -> tuple[int, float, int]:
+        """(node code, sum of count * value below, rows below)"""
+        if "split_index" not in node:
+            code = ~(leaf_base + node.get("leaf_index", 0))
+            leaf_value[~code] = node["leaf_value"]
+            return code, node["leaf_count"] * node["leaf_value"], node["leaf_count"]
+        code = split_base + node["split_index"]
+        assert node["decision_type"] == "<="
+        split_feature[code] = node["split_feature"]
+        threshold[code] = node["threshold"]
+        default_left[code] = node["default_left"]
+        missing_type[code] = missing_code[node["missing_type"]]
+        left_child[code], left_sum, left_rows = walk(node["left_child"])
+        right_child[code], right_sum, right_rows = walk(node["right_child"])
+        assert left_rows + right_rows == node["internal_count"]
+        node_value[code] = (left_sum + right_sum) / (left_rows + right_rows)
+        return code, left_sum + right_sum, left_rows + right_rows
+
+    for tree in trees:
+        roots.append(walk(tree["tree_structure"])[0])
+        split_base += tree["num_leaves"] - 1
+        leaf_base += tree["num_leaves"]
+
+    np.testing.assert_array_equal(ensemble.tree_root, roots)
+    np.testing.assert_array_equal(ensemble.split_feature, split_feature)
+    np.testing.assert_array_equal(ensemble.left_child, left_child)
+    np.testing.assert_array_equal(ensemble.right_child, right_child)
+    np.testing.assert_array_equal(ensemble.default_left, default_left)
+    np.testing.assert_array_equal(ensemble.missing_type, missing_type)
+    np.testing.assert_array_equal(ensemble.leaf_value, leaf_value)
+    # The dump writes an infinite threshold as +-1e300 (LightGBM's AvoidInf); every other
+    # threshold is the same double.
+    finite = np.isfinite(ensemble.threshold)
+    np.testing.assert_array_equal(ensemble.threshold[finite], threshold[finite])
+    np.testing.assert_array_equal(
+        threshold[~finite], np.copysign(1e300, ensemble.threshold[~finite])
+    )
+    np.testing.assert_allclose(ensemble.node_value, node_value, rtol=0, atol=1e-12)
+    root_value = [node_value[r] if r >= 0 else leaf_value[~r] for r in roots]
+    bias = np.reshape(root_value, (-1, ensemble.num_outputs)).sum(axis=0)
+    np.testing.assert_allclose(ensemble.bias, bias, rtol=0, atol=1e-12)
 
 
 value = st.one_of(
@@ -326,7 +403,8 @@ def test_categorical_model_is_refused():
         lgb.Dataset(X, y, categorical_feature=[3]),
         10,
     )
-    assert "'decision_type': '=='" in str(booster.dump_model())  # it split on the category
+    text = booster.model_to_string()
+    assert re.search(r"^num_cat=[1-9]", text, flags=re.MULTILINE)  # it split on the category
     with pytest.raises(ValueError, match="categorical split"):
         TreeEnsemble.from_booster(booster)
 
@@ -343,47 +421,151 @@ def test_other_unsupported_models_are_refused(params, message):
         TreeEnsemble.from_booster(_train(params, 3, binary=True))
 
 
-class _EditedDump:
-    """A booster whose JSON dump was edited: what ``from_booster`` reads, nothing else."""
+class _TextOnly:
+    """A booster that offers ``from_booster`` only a text model (no ``dump_model``)."""
 
-    def __init__(self, booster: lgb.Booster, edit: Callable[[dict[str, Any]], None]) -> None:
-        self._booster, self._edit = booster, edit
-
-    def dump_model(self) -> dict[str, Any]:
-        dump = self._booster.dump_model()
-        self._edit(dump)
-        return dump
+    def __init__(self, text: str) -> None:
+        self._text = text
 
     def model_to_string(self) -> str:
-        return self._booster.model_to_string()
+        return self._text
 
 
-def _add_field(dump: dict[str, Any]) -> None:
-    dump["tree_info"][1]["tree_structure"]["left_child"]["new_thing"] = 1
+def test_only_the_text_model_is_read(models):
+    booster, ensemble = models["multiclass_training_defaults"]
+    text_only = TreeEnsemble.from_booster(_TextOnly(booster.model_to_string()))  # type: ignore[arg-type]
+    for f in dataclasses.fields(TreeEnsemble):
+        ours, theirs = getattr(text_only, f.name), getattr(ensemble, f.name)
+        if isinstance(ours, np.ndarray):
+            assert ours.dtype == theirs.dtype
+            np.testing.assert_array_equal(ours, theirs)
+        else:
+            assert ours == theirs
 
 
-def _move_threshold(dump: dict[str, Any]) -> None:
-    dump["tree_info"][0]["tree_structure"]["threshold"] += 1.0
+def _edit_trees(text: str, edit: Callable[[list[str]], None]) -> str:
+    """``text`` with its tree blocks (``Tree=i`` to the next) edited, tree_sizes updated."""
+    head, _, body = text.partition("\n\n")
+    match = re.search(r"^tree_sizes=(.*)$", head, flags=re.MULTILINE)
+    assert match
+    blocks, start = [], 0
+    for size in map(int, match.group(1).split()):
+        blocks.append(body[start : start + size])
+        start += size
+    edit(blocks)
+    sizes = " ".join(str(len(block)) for block in blocks)
+    head = head.replace(match.group(0), f"tree_sizes={sizes}")
+    return head + "\n\n" + "".join(blocks) + body[start:]
+
+
+def _tree_line(tree: int, key: str, change: Callable[[list[str]], list[str] | None]):
+    """An edit of the text: ``change`` the values of line ``key`` of tree ``tree``."""
+
+    def edit(blocks: list[str]) -> None:
+        lines = blocks[tree].split("\n")
+        (i,) = [i for i, line in enumerate(lines) if line.startswith(key + "=")]
+        values = change(lines[i].partition("=")[2].split())
+        if values is None:
+            del lines[i]
+        else:
+            lines[i] = f"{key}={' '.join(values)}"
+        blocks[tree] = "\n".join(lines)
+
+    return lambda text: _edit_trees(text, edit)
+
+
+def _replace(old: str, new: str):
+    def edit(text: str) -> str:
+        assert text.count(old) == 1, old
+        return text.replace(old, new)
+
+    return edit
+
+
+def _set(index: int, value: str) -> Callable[[list[str]], list[str]]:
+    return lambda values: values[:index] + [value] + values[index + 1 :]
+
+
+def _shorten_tree_0(text: str) -> str:
+    """tree_sizes one character short for tree 0: tree 1 starts one early."""
+    match = re.search(r"^tree_sizes=(\d+)", text, flags=re.MULTILINE)
+    assert match
+    return text.replace(match.group(0), f"tree_sizes={int(match.group(1)) - 1}", 1)
+
+
+def _add_field(blocks: list[str]) -> None:
+    blocks[1] = blocks[1].replace("\nshrinkage=", "\nnew_thing=1\nshrinkage=")
+
+
+def _right_child_is_left_child(blocks: list[str]) -> None:
+    # Split 0's children both the same node: a node missing, another with two parents.
+    lines = blocks[0].split("\n")
+    left = next(line for line in lines if line.startswith("left_child="))
+    right = next(line for line in lines if line.startswith("right_child="))
+    first = left.partition("=")[2].split()[0]
+    rest = right.partition("=")[2].split()[1:]
+    blocks[0] = blocks[0].replace(right, f"right_child={' '.join([first, *rest])}")
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (_add_field, r"tree 1 has fields .* \['new_thing'\]"),  # a field not implemented
-        (_move_threshold, "disagree"),  # the dump and the text model differ
+        # header
+        (_replace("tree\nversion", "forest\nversion"), "not a LightGBM tree model"),
+        (_replace("version=v4\n", "version=v9\n"), "model version 'v9'"),
+        (_replace("\nlabel_index=", "\nnew_header=1\nlabel_index="), "does not know"),
+        (_replace("\nlabel_index=", "\naverage_output\nlabel_index="), "random-forest"),
+        (_replace("num_class=1\n", "num_class=3\n"), "must be num_class 3"),
+        (_replace("max_feature_idx=7\n", "max_feature_idx=6\n"), "8 feature_names"),
+        (_replace("max_feature_idx=7\n", ""), r"lacks \['max_feature_idx'\]"),
+        # the tree blocks
+        (_shorten_tree_0, r"tree_sizes does not match the trees \(at tree 1\)"),
+        (_replace("end of trees\n", "the end\n"), "no 'end of trees'"),
+        (lambda text: _edit_trees(text, _add_field), r"tree 1 has fields .* \['new_thing'\]"),
+        (_tree_line(0, "leaf_count", lambda v: None), r"tree 0 lacks the lines \['leaf_count'\]"),
+        (_tree_line(2, "threshold", lambda v: v[:-1]), "tree 2: threshold has"),
+        (_tree_line(1, "leaf_value", lambda v: [*v, "0"]), "tree 1: leaf_value has"),
+        (_tree_line(0, "threshold", _set(1, "abc")), "non-numeric threshold"),
+        (_tree_line(0, "num_leaves", lambda v: ["x"]), "non-integer tree 0: num_leaves"),
+        (_tree_line(3, "split_feature", _set(0, "8")), "tree 3 splits on a feature outside"),
+        (_tree_line(1, "decision_type", _set(0, "9")), "tree 1 has a categorical split"),
+        (_tree_line(1, "decision_type", _set(0, "14")), "tree 1 has an unknown missing type"),
+        (_tree_line(1, "decision_type", _set(0, "18")), "tree 1 has an unknown decision_type"),
+        (_tree_line(0, "num_cat", lambda v: ["1"]), "tree 0 has categorical splits"),
+        (_tree_line(0, "is_linear", lambda v: ["1"]), "tree 0 is a linear tree"),
+        (_tree_line(2, "left_child", _set(1, "1")), "tree 2: left_child out of range"),
+        (_tree_line(2, "right_child", _set(0, "-8")), "tree 2: right_child out of range"),
+        (lambda text: _edit_trees(text, _right_child_is_left_child), "do not make a tree"),
+        (_tree_line(0, "leaf_count", lambda v: ["0"] * len(v)), "tree 0 has no row counts"),
+        # after the trees
+        (_replace("[boosting: gbdt]", "[boosting: other]"), "unsupported boosting type"),
+        (_replace("[boosting: gbdt]", "[boosting: rf]"), "random-forest"),
+        (_replace("[linear_tree: 0]", "[linear_tree: 1]"), "linear trees"),
+        (_replace("[linear_tree: 0]", "linear_tree: 0"), "malformed parameter line"),
+        (_replace("pandas_categorical:null", 'pandas_categorical:[["a"]]'), "categorical"),
+        (_replace("pandas_categorical:null", "pandas_categorical:{"), "malformed pandas"),
     ],
 )
-def test_unknown_or_inconsistent_dump_is_refused(models, edit, message):
-    booster = _EditedDump(models["binary_nan"][0], edit)
+def test_unknown_or_malformed_text_is_refused(models, edit, message):
+    text = models["binary_nan"][0].model_to_string()
+    # the edits break nothing else: with nothing changed, the text reads the same
+    unchanged = _edit_trees(text, lambda blocks: None)
+    assert unchanged == text
+    TreeEnsemble.from_booster(lgb.Booster(model_str=text))
     with pytest.raises(ValueError, match=message):
-        TreeEnsemble.from_booster(booster)  # type: ignore[arg-type]
+        TreeEnsemble.from_booster(_TextOnly(edit(text)))  # type: ignore[arg-type]
+
+
+def test_empty_and_odd_texts_are_refused():
+    for text in ("", "tree\nversion=v4", "{}"):
+        with pytest.raises(ValueError, match="not a LightGBM"):
+            TreeEnsemble.from_booster(_TextOnly(text))  # type: ignore[arg-type]
 
 
 def test_infinite_threshold_is_kept(models):
-    """A split of NaN from all values has threshold inf; the JSON dump writes 1e300."""
+    """A split of NaN from all values has threshold inf, and inf <= inf goes left."""
     booster, ensemble = models["multiclass_nan"]
     assert np.isinf(ensemble.threshold).any()
-    assert "1e+300" in str(booster.dump_model())
     clamped = dataclasses.replace(ensemble, threshold=np.clip(ensemble.threshold, -1e300, 1e300))
     X = np.where(np.arange(N_FEATURES) == 2, 3.0, 1e301)[None, :]  # 1e301 <= inf, not <= 1e300
     np.testing.assert_array_equal(ensemble.raw_scores(X), _reference(booster, X))

@@ -795,6 +795,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--events", type=int, default=50, help="Events of the scored customer.")
     ap.add_argument("--skip-mlflow", action="store_true", help="Only benchmark our server.")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="Worker processes of our server (serve --workers)."
+    )
     args = ap.parse_args(argv)
 
     print(f"machine: {os.cpu_count()} CPUs, load {_load()} at start; client loop: {LOOP}")
@@ -830,6 +833,7 @@ def main(argv: list[str] | None = None) -> None:
         print(HEADER, flush=True)
         serve = [sys.executable, "-c", "from lifecycle.cli import app; app()"]
         cmd = [*serve, "serve", "--model", model, "--port", str(ours_port)]
+        cmd += ["--workers", str(args.workers)]
         with running(cmd, f"{ours}/readyz", env, work / "ours.log") as proc:
             for t in targets:
                 results += _run_target(t, args, proc.pid)

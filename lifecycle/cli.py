@@ -491,13 +491,23 @@ def serve(
         Path | None,
         typer.Option(help="File with one API key per line (or set LIFECYCLE_API_KEYS)."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes. One process uses about one CPU core under load: give "
+            "one per core to use them all. Each loads its own copy of the model (memory) "
+            "and follows the registry alias on its own."
+        ),
+    ] = 1,
 ) -> None:
     """Serve the HTTP scoring API (other settings: LIFECYCLE_* variables, see docs/api.md)."""
     from serving.server import run
     from serving.settings import settings_with
 
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     settings = settings_with(model_uri=model, api_keys_file=api_keys_file)
-    run(settings, host=host, port=port)
+    run(settings, host=host, port=port, workers=workers)
 
 
 def main() -> None:  # pragma: no cover - console entry convenience

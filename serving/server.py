@@ -1,52 +1,167 @@
-"""Run the API under uvicorn, with a drain period on SIGTERM.
+"""Run the API under uvicorn, in one process or several, with a drain period on SIGTERM.
 
 On SIGTERM the app reports not-ready at once (``/readyz`` 503) and keeps serving for
 ``shutdown_delay_seconds``, so a load balancer stops routing to it; then uvicorn's
 graceful shutdown closes the listener and waits for in-flight requests to finish.
+
+With ``workers > 1``, uvicorn's own supervisor (:class:`uvicorn.supervisors.Multiprocess`,
+what ``uvicorn --workers`` runs) binds the socket in this process, spawns the workers,
+restarts one that dies and, on SIGINT or SIGTERM, sends SIGTERM to each and waits for
+them. Each worker builds its own app, and so loads its own model, from the settings
+resolved here: they reach it pickled through multiprocessing's pipe, never on a command
+line or in a log.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
+import sys
 import threading
+from collections.abc import Callable
+from functools import partial
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
-from serving.app import ServerState, create_app
 from serving.logs import configure_logging
 from serving.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from serving.app import ServerState
+
+# serving.app (FastAPI, the scoring code) is imported where it is used: a worker unpickles
+# this module before it answers the supervisor's first health check (within 5 s of its
+# start), and importing the app takes seconds on a busy machine.
+
+log = logging.getLogger(__name__)
+
+_UVICORN: dict[str, Any] = {
+    "access_log": False,  # the app logs each request itself, as JSON with its id
+    "log_config": None,
+    "timeout_graceful_shutdown": 30,
+    "lifespan": "on",
+}
+
+SignalHandler = Callable[[int, FrameType | None], Any]
+
+
+class _Drain:
+    """A SIGINT/SIGTERM handler: not ready at once, ``stop`` after the delay on SIGTERM.
+
+    ``stop`` is uvicorn's own exit handler; a second SIGTERM, or SIGINT, calls it at once.
+    """
+
+    def __init__(self, state: ServerState, stop: SignalHandler) -> None:
+        self._state = state
+        self._stop = stop
+        self._timer: threading.Timer | None = None
+
+    def __call__(self, sig: int, frame: FrameType | None) -> None:
+        self._state.draining = True  # readiness turns 503 before anything else
+        delay = self._state.settings.shutdown_delay_seconds
+        if sig == signal.SIGTERM and delay > 0 and self._timer is None:
+            self._timer = threading.Timer(delay, self._stop, (sig, frame))
+            self._timer.daemon = True
+            self._timer.start()
+            return
+        self._stop(sig, frame)
 
 
 class _DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
         super().__init__(config)
-        self._state = state
-        self._draining_since: threading.Timer | None = None
+        self._drain = _Drain(state, super().handle_exit)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._state.draining = True  # readiness turns 503 before anything else
-        delay = self._state.settings.shutdown_delay_seconds
-        if sig == signal.SIGTERM and delay > 0 and self._draining_since is None:
-            timer = threading.Timer(delay, super().handle_exit, (sig, frame))
-            timer.daemon = True
-            self._draining_since = timer
-            timer.start()
-            return
-        super().handle_exit(sig, frame)
+        self._drain(sig, frame)
 
 
-def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until SIGINT or SIGTERM (blocking)."""
+class _Supervisor(Multiprocess):
+    def terminate_all(self) -> None:
+        # Let go of the listening socket before the workers drain: the port then closes
+        # when the last worker stops listening, instead of queueing connections nobody
+        # will accept until this process exits. The workers hold their own copies.
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
+
+
+def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Serve until SIGINT or SIGTERM (blocking).
+
+    Parameters
+    ----------
+    workers
+        Server processes. With 1 the server runs in this process; with more, this
+        process supervises that many workers, each with its own copy of the model.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     configure_logging(settings.log_level)
+    if workers > 1:
+        _run_workers(settings, host=host, port=port, workers=workers)
+        return
+    from serving.app import create_app
+
     app = create_app(settings)
+    config = uvicorn.Config(app, host=host, port=port, **_UVICORN)
+    _DrainingServer(config, app.state.server).run()
+
+
+def _run_workers(settings: Settings, *, host: str, port: int, workers: int) -> None:
+    # As uvicorn.main.run does for workers > 1, with an app factory in place of an import
+    # string: a picklable partial carries the settings to each spawned worker.
     config = uvicorn.Config(
-        app,
+        partial(_worker_app, settings),
+        factory=True,
         host=host,
         port=port,
-        access_log=False,  # the app logs each request itself, as JSON with its id
-        log_config=None,
-        timeout_graceful_shutdown=30,
-        lifespan="on",
+        workers=workers,
+        **_UVICORN,
     )
-    _DrainingServer(config, app.state.server).run()
+    sock = config.bind_socket()
+    supervisor = _Supervisor(config, sockets=[sock])
+    try:
+        supervisor.run()
+    finally:
+        sock.close()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        # the supervisor stops when a worker fails to start; say so, as one process would
+        sys.exit(STARTUP_FAILURE)
+
+
+def _worker_app(settings: Settings) -> FastAPI:
+    """The app of one worker process: uvicorn calls this factory in the worker.
+
+    uvicorn's supervisor runs a plain :class:`uvicorn.Server` in each worker (it has no
+    hook for a subclass such as :class:`_DrainingServer`) and calls the factory inside
+    ``Server.serve``, once the server has installed its SIGINT/SIGTERM handler: the
+    drain is put in front of that handler here. Any error exits with uvicorn's
+    startup-failure status, which stops the supervisor, rather than an ordinary crash,
+    after which it would respawn a worker failing the same way, forever.
+    """
+    configure_logging(settings.log_level)
+    # uvicorn turned its access log off in this process before this ran (access_log=False):
+    # keep it off, as configure_logging has just let it propagate to our handler again.
+    logging.getLogger("uvicorn.access").propagate = False
+    try:
+        from serving.app import create_app
+
+        app = create_app(settings)
+        stop = signal.getsignal(signal.SIGTERM)
+        if not callable(stop) or not isinstance(getattr(stop, "__self__", None), uvicorn.Server):
+            raise RuntimeError(f"SIGTERM is not handled by uvicorn's server ({stop!r})")
+        drain = _Drain(app.state.server, stop)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, drain)
+    except Exception as exc:
+        expected = isinstance(exc, ValueError | OSError)
+        log.error("worker failed to start: %s", exc, exc_info=not expected)
+        sys.exit(STARTUP_FAILURE)
+    return app

@@ -1,4 +1,5 @@
-"""The real server: ``lifecycle serve`` in a subprocess, SIGTERM draining, hot swap under load."""
+"""The real server: ``lifecycle serve`` in a subprocess (one process or a supervisor and
+workers), SIGTERM draining, hot swap under load."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -22,6 +25,7 @@ from lifecycle.cli import app as cli
 from scoring.bundle import ModelBundle
 from serving.app import create_app
 from tests.serving.support import (
+    AUTH,
     KEYS,
     Trained,
     busy_customers,
@@ -37,6 +41,30 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _serve(model: Path, port: int, keys: Path, *options: str) -> list[str]:
+    """The ``lifecycle serve`` command line, run by this interpreter."""
+    return [
+        sys.executable,
+        "-c",
+        "from lifecycle.cli import app; app()",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--api-keys-file",
+        str(keys),
+        *options,
+    ]
+
+
+def _server_env(**lifecycle: str) -> dict[str, str]:
+    # The model is a bundle directory: nothing of MLflow's is needed, and an in-process
+    # training earlier in the session leaves MLflow variables behind (tests/test_mlproject.py).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LIFECYCLE_"))}
+    return env | {f"LIFECYCLE_{k.upper()}": v for k, v in lifecycle.items()}
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 90) -> None:
@@ -70,25 +98,9 @@ def test_serve_command_scores_over_http_then_drains_on_sigterm(
     keys.write_text(f"{KEYS[1]}\n")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "LIFECYCLE_SHUTDOWN_DELAY_SECONDS": "1.5",
-        "LIFECYCLE_RELOAD_INTERVAL_SECONDS": "0",
-    }
-    env.pop("LIFECYCLE_API_KEYS", None)
+    env = _server_env(shutdown_delay_seconds="1.5", reload_interval_seconds="0")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from lifecycle.cli import app; app()",
-            "serve",
-            "--model",
-            str(trained.v1_dir),
-            "--port",
-            str(port),
-            "--api-keys-file",
-            str(keys),
-        ],
+        _serve(trained.v1_dir, port, keys),
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -150,6 +162,166 @@ def test_serve_command_refuses_to_start_without_keys(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "no API keys" in result.output
     assert "Traceback" not in result.output
+
+
+def test_serve_command_refuses_fewer_than_one_worker(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["serve", "--model", str(tmp_path), "--workers", "0"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --workers must be at least 1, got 0"
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The child processes of ``pid``, from ``/proc``: process id -> command line."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # fields after the name: state, ppid
+            found[int(entry)] = cmdline.replace(b"\0", b" ").decode()
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # an exited child not yet reaped by whoever inherited it
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_serve_command_with_two_workers_both_answer_then_drain_on_sigterm(
+    trained: Trained, tmp_path: Path, client: TestClient
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEYS[1]}\n")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {KEYS[1]}"}
+    cid = busy_customers(trained.events, trained.as_of, 1)[0]
+    body = {"as_of": "2024-12-31T00:00:00Z", "customers": [customer_payload(trained.events, cid)]}
+    # what one in-process app on the same model answers: every worker must answer the same
+    expected = client.post("/v1/scores", json=body, headers=AUTH).json()
+    assert expected["scores"][0]["customer_id"] == cid
+
+    def score() -> dict[str, Any]:
+        r = httpx.post(f"{url}/v1/scores", json=body, headers=auth, timeout=30)  # a new connection
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    log = tmp_path / "serve.log"
+    env = _server_env(shutdown_delay_seconds="1.5", reload_interval_seconds="0")
+    with log.open("w") as out:  # a file, not a pipe nobody reads while three processes log
+        proc = subprocess.Popen(
+            _serve(trained.v1_dir, port, keys, "--workers", "2"),
+            env=env,
+            stderr=out,
+            text=True,
+            cwd=Path(__file__).parents[2],
+        )
+    children: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        # both workers listening: each logs this once its model is loaded
+        while log.read_text().count('"Application startup complete."') < 2:
+            assert proc.poll() is None, f"server exited early: {log.read_text()}"
+            assert time.monotonic() < deadline, "the workers never became ready"
+            time.sleep(0.2)
+        children = _children(proc.pid)
+        workers = [p for p, cmd in children.items() if "spawn_main" in cmd]
+        assert len(workers) == 2, children
+        assert not any(KEYS[1] in cmd for cmd in children.values())  # no key in `ps`
+
+        assert [score() for _ in range(3)] == [expected] * 3
+        with ThreadPoolExecutor(8) as pool:  # concurrent load on both
+            assert list(pool.map(lambda _: score(), range(40))) == [expected] * 40
+        # Each worker answers by itself: with the other one stopped, a new connection can
+        # only be accepted by this one.
+        for worker in workers:
+            others = [p for p in workers if p != worker]
+            for p in others:
+                os.kill(p, signal.SIGSTOP)
+            try:
+                assert score() == expected
+            finally:
+                for p in others:
+                    os.kill(p, signal.SIGCONT)
+
+        # A request still uploading its body when the supervisor gets SIGTERM.
+        payload = json.dumps(body).encode()
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(
+            b"POST /v1/scores HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {KEYS[1]}\r\nContent-Length: {len(payload)}\r\n".encode()
+            + b"Connection: close\r\n\r\n"
+            + payload[:100]
+        )
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        # The supervisor passes it on to the workers (it looks for signals twice a
+        # second); readiness then turns 503 while they still accept connections.
+        deadline = time.monotonic() + 10
+        while (ready := httpx.get(f"{url}/readyz", timeout=5)).status_code == 200:
+            assert time.monotonic() < deadline, "readiness never turned 503"
+            time.sleep(0.05)
+        assert (ready.status_code, ready.json()["status"]) == (503, "draining")
+        deadline = time.monotonic() + 15
+        while _listening(port):  # then the port closes: graceful shutdown has begun
+            assert time.monotonic() < deadline, "the server never stopped listening"
+            time.sleep(0.05)
+        assert proc.poll() is None  # still waiting for the worker finishing the request
+        slow.sendall(payload[100:])
+        response = b""
+        while chunk := slow.recv(65536):
+            response += chunk
+        slow.close()
+        head, _, content = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), response[:500]
+        assert json.loads(content) == expected
+        assert proc.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while left := [p for p in children if _running(p)]:  # workers, resource tracker
+            assert time.monotonic() < deadline, f"left behind: {[children[p] for p in left]}"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in children:
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
+    logs = [json.loads(line) for line in log.read_text().splitlines()]
+    scored = [x for x in logs if x.get("path") == "/v1/scores"]
+    assert len(scored) == 3 + 40 + 2 + 1 and all(x["status"] == 200 for x in scored)
+    assert not [x for x in logs if x["level"] in ("warning", "error")], log.read_text()
+
+
+def test_serve_command_stops_when_the_workers_cannot_start(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """A worker failing to build its app stops the server, instead of respawning forever."""
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEYS[1]}\n")
+    env = _server_env(playbook_path=str(tmp_path / "missing.yaml"))
+    proc = subprocess.run(
+        _serve(trained.v1_dir, _free_port(), keys, "--workers", "2"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
+    assert proc.returncode == 3, proc.stderr  # uvicorn's status for a failed startup
+    failures = [
+        json.loads(line) for line in proc.stderr.splitlines() if "worker failed to start" in line
+    ]
+    assert failures and "missing.yaml" in failures[0]["message"]
+    assert "exception" not in failures[0]  # a user's error: one line, no traceback
 
 
 def test_hot_swap_under_load_every_response_is_whole_and_from_one_version(

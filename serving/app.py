@@ -432,6 +432,7 @@ def _add_routes(app: FastAPI) -> None:
             risk_thresholds=RiskThresholds(
                 medium_from=bundle.risk_thresholds[0], high_from=bundle.risk_thresholds[1]
             ),
+            reasons_method=model.reasons_method,
             loaded_at=model.loaded_at,
         )
 

@@ -274,6 +274,10 @@ class ModelInfo(BaseModel):
     feature_names: list[str]
     horizon_days: int
     risk_thresholds: RiskThresholds
+    reasons_method: Literal["path", "treeshap"] = Field(
+        description="How the reasons' contributions are attributed: path attributions "
+        "or exact TreeSHAP (setting LIFECYCLE_REASONS_METHOD)."
+    )
     loaded_at: datetime
 
 

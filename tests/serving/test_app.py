@@ -116,6 +116,7 @@ def test_reasons_are_this_prediction_s_contributions(
     make_client: Callable[..., TestClient], trained: Trained, v1: ModelBundle, method: str
 ) -> None:
     client = make_client(reasons_method=method)
+    assert client.get("/v1/model", headers=AUTH).json()["reasons_method"] == method
     ids = busy_customers(trained.events, trained.as_of, 8)
     body = {
         "as_of": f"{trained.as_of}T00:00:00Z",

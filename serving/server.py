@@ -10,24 +10,34 @@ restarts one that dies and, on SIGINT or SIGTERM, sends SIGTERM to each and wait
 them. Each worker builds its own app, and so loads its own model, from the settings
 resolved here: they reach it pickled through multiprocessing's pipe, never on a command
 line or in a log.
+
+The workers write their Prometheus metrics to files in a private temporary directory that
+the supervisor makes (and removes when it exits), so that ``/metrics`` of any worker
+reports all of them (see :mod:`serving.metrics`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import sys
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from prometheus_client.multiprocess import mark_process_dead
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from serving.logs import configure_logging
+from serving.metrics import MULTIPROC_DIR_ENV
 from serving.settings import Settings
 
 if TYPE_CHECKING:
@@ -83,6 +93,32 @@ class _DrainingServer(uvicorn.Server):
 
 
 class _Supervisor(Multiprocess):
+    def __init__(
+        self, config: uvicorn.Config, sockets: list[socket.socket], metrics_dir: str
+    ) -> None:
+        super().__init__(config, sockets)
+        self._metrics_dir = metrics_dir
+
+    # uvicorn replaces a worker in these two (one that died; all on SIGHUP, one fewer on
+    # SIGTTOU) and has no hook for it: compare the workers before and after instead.
+    def keep_subprocess_alive(self) -> None:
+        with self._forget_replaced_workers():
+            super().keep_subprocess_alive()
+
+    def handle_signals(self) -> None:
+        with self._forget_replaced_workers():
+            super().handle_signals()
+
+    @contextmanager
+    def _forget_replaced_workers(self) -> Iterator[None]:
+        before = {p.pid for p in self.processes}
+        try:
+            yield
+        finally:
+            for pid in before - {p.pid for p in self.processes}:
+                if pid is not None:  # drop its `live` gauges; its counters still count
+                    mark_process_dead(pid, self._metrics_dir)
+
     def terminate_all(self) -> None:
         # Let go of the listening socket before the workers drain: the port then closes
         # when the last worker stops listening, instead of queueing connections nobody
@@ -126,14 +162,34 @@ def _run_workers(settings: Settings, *, host: str, port: int, workers: int) -> N
         **_UVICORN,
     )
     sock = config.bind_socket()
-    supervisor = _Supervisor(config, sockets=[sock])
     try:
-        supervisor.run()
+        with _metrics_dir() as metrics_dir:
+            supervisor = _Supervisor(config, [sock], metrics_dir)
+            supervisor.run()
     finally:
         sock.close()
     if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
         # the supervisor stops when a worker fails to start; say so, as one process would
         sys.exit(STARTUP_FAILURE)
+
+
+@contextmanager
+def _metrics_dir() -> Iterator[str]:
+    """A new private directory (mode 0700) for the workers' metric files, removed on exit.
+
+    It reaches the workers in their environment, which they inherit when spawned: it
+    must be there before prometheus_client is imported (see :mod:`serving.metrics`).
+    """
+    previous = os.environ.get(MULTIPROC_DIR_ENV)
+    with tempfile.TemporaryDirectory(prefix="lifecycle-metrics-") as path:
+        os.environ[MULTIPROC_DIR_ENV] = path
+        try:
+            yield path
+        finally:
+            if previous is None:
+                del os.environ[MULTIPROC_DIR_ENV]
+            else:
+                os.environ[MULTIPROC_DIR_ENV] = previous
 
 
 def _worker_app(settings: Settings) -> FastAPI:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from lifecycle.cli import app as cli
@@ -299,6 +301,153 @@ def test_serve_command_with_two_workers_both_answer_then_drain_on_sigterm(
     scored = [x for x in logs if x.get("path") == "/v1/scores"]
     assert len(scored) == 3 + 40 + 2 + 1 and all(x["status"] == 200 for x in scored)
     assert not [x for x in logs if x["level"] in ("warning", "error")], log.read_text()
+
+
+def _samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """One scrape of ``/metrics``: (sample name, labels) -> value."""
+    r = httpx.get(f"{url}/metrics", timeout=30)  # a new connection: any worker may answer
+    assert r.status_code == 200, r.text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def _model_info_pids(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> set[int]:
+    return {
+        int(dict(labels)["pid"])
+        for (name, labels), value in samples.items()
+        if name == "lifecycle_model_info" and value == 1
+    }
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_serve_command_with_two_workers_metrics_add_up_every_worker(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """Every scrape reports the whole server, whichever worker answers, also after a
+    worker is replaced; the metrics directory is private and goes with the server."""
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEYS[1]}\n")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {KEYS[1]}"}
+    cid = busy_customers(trained.events, trained.as_of, 1)[0]
+    body = {"as_of": "2024-12-31T00:00:00Z", "customers": [customer_payload(trained.events, cid)]}
+    tmp = tmp_path / "tmp"  # the server's temporary directory: only its metrics go there
+    tmp.mkdir()
+    log = tmp_path / "serve.log"
+    env = _server_env(shutdown_delay_seconds="0", reload_interval_seconds="0") | {
+        "TMPDIR": str(tmp)
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            _serve(trained.v1_dir, port, keys, "--workers", "2"),
+            env=env,
+            stderr=out,
+            text=True,
+            cwd=Path(__file__).parents[2],
+        )
+    children: dict[int, str] = {}
+
+    def wait_started(count: int) -> None:
+        deadline = time.monotonic() + 120
+        while log.read_text().count('"Application startup complete."') < count:
+            assert proc.poll() is None, f"server exited early: {log.read_text()}"
+            assert time.monotonic() < deadline, "the workers never became ready"
+            time.sleep(0.2)
+
+    def alone(worker: int, others: list[int], call: Callable[[], Any]) -> Any:
+        """``call`` with every other worker stopped: only ``worker`` can accept."""
+        for p in others:
+            os.kill(p, signal.SIGSTOP)
+        try:
+            return call()
+        finally:
+            for p in others:
+                os.kill(p, signal.SIGCONT)
+
+    def score() -> None:
+        r = httpx.post(f"{url}/v1/scores", json=body, headers=auth, timeout=30)
+        assert r.status_code == 200, r.text
+
+    try:
+        wait_started(2)
+        children = _children(proc.pid)
+        workers = sorted(p for p, cmd in children.items() if "spawn_main" in cmd)
+        assert len(workers) == 2, children
+        (metrics_dir,) = tmp.iterdir()
+        assert metrics_dir.stat().st_mode & 0o777 == 0o700
+        environ = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
+        assert f"PROMETHEUS_MULTIPROC_DIR={metrics_dir}".encode() in environ
+
+        k = 0
+        for worker in workers:  # each worker scores some, by itself
+            others = [p for p in workers if p != worker]
+            for _ in range(3):
+                alone(worker, others, score)
+                k += 1
+        scored = ("lifecycle_customers_scored_total", frozenset({("endpoint", "events")}))
+        ok = frozenset({("route", "/v1/scores"), ("method", "POST"), ("status", "200")})
+        requests = ("lifecycle_http_requests_total", ok)
+        latency = (
+            "lifecycle_http_request_duration_seconds_count",
+            frozenset({("route", "/v1/scores")}),
+        )
+        in_flight = ("lifecycle_http_requests_in_flight", frozenset())
+
+        def check(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> None:
+            assert samples[scored] == k
+            assert samples[requests] == k
+            assert samples[latency] == k
+            assert samples[in_flight] == 0  # summed over the live workers, not one per pid
+
+        def settle() -> None:
+            # A request is counted just after its response is sent: wait for the last one.
+            deadline = time.monotonic() + 10
+            while _samples(url).get(requests, 0) < k:
+                assert time.monotonic() < deadline, "the requests were never all counted"
+                time.sleep(0.05)
+
+        settle()
+        scrapes = [alone(w, [p for p in workers if p != w], lambda: _samples(url)) for w in workers]
+        scrapes += [_samples(url) for _ in range(4)]
+        for samples in scrapes:
+            check(samples)
+            assert _model_info_pids(samples) == set(workers)  # one series per live worker
+
+        # A worker that dies is replaced: its counts stay, its gauges go.
+        os.kill(workers[0], signal.SIGKILL)
+        wait_started(3)
+        deadline = time.monotonic() + 30
+        while workers[0] in (
+            now := [p for p, c in _children(proc.pid).items() if "spawn_main" in c]
+        ):
+            assert time.monotonic() < deadline, "the dead worker was never replaced"
+            time.sleep(0.1)
+        children |= _children(proc.pid)
+        score()
+        k += 1
+        settle()
+        for _ in range(4):
+            samples = _samples(url)
+            check(samples)
+            assert _model_info_pids(samples) == set(now)
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert not list(tmp.iterdir())  # the metrics directory is gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in children:
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
+    logs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert not [x for x in logs if x["level"] == "error"], log.read_text()
 
 
 def test_serve_command_stops_when_the_workers_cannot_start(

@@ -1,7 +1,8 @@
-"""Per-prediction reasons: the features with the largest TreeSHAP contributions.
+"""Per-prediction reasons: the features with the largest contributions.
 
-LightGBM's ``pred_contrib`` gives, for each row, one contribution per feature plus the
-expected value, summing exactly to the raw score. The reasons of a prediction are the
+Contributions come from :mod:`scoring.trees` (path attributions) or LightGBM's
+``pred_contrib`` (TreeSHAP); both give, for each row, one contribution per feature plus
+the expected value, summing to the raw score. The reasons of a prediction are the
 ``k`` features with the largest absolute contribution, largest first, with the
 feature's value and its signed contribution.
 """

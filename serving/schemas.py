@@ -207,7 +207,8 @@ class ScoreFeaturesRequest(BaseModel):
 
 
 class Reason(BaseModel):
-    """One feature's TreeSHAP contribution to this customer's prediction."""
+    """One feature's contribution to this customer's prediction (path attribution or
+    TreeSHAP, as ``reasons_method`` of ``GET /v1/model`` says)."""
 
     feature: str
     value: float | None = Field(description="The feature's value (null: missing).")

@@ -37,6 +37,7 @@ from serving.schemas import (
     Readiness,
     ReloadResult,
     RiskThresholds,
+    Score,
     ScoreEventsRequest,
     ScoreFeaturesRequest,
     ScoreResponse,
@@ -312,12 +313,19 @@ def _model_aware_openapi(app: FastAPI, state: ServerState) -> Callable[[], dict[
     return openapi
 
 
-def _json(response: BaseModel) -> Response:
-    """The response serialised by pydantic in one pass.
+def _scored(
+    call: ScoringCall[Any], endpoint: str, scores: list[Score], as_of: datetime | None
+) -> Response:
+    """Count the scored customers and answer with the scores, serialised by pydantic once.
 
     The scores are built from validated inputs by our own code, so FastAPI's second
     validation of the response model (documented on the route) is skipped.
     """
+    call.state.metrics.customers.labels(endpoint).inc(len(scores))
+    model = call.model
+    response = ScoreResponse.model_construct(
+        model_name=model.name, model_version=model.version, as_of=as_of, scores=scores
+    )
     return Response(response.model_dump_json(), media_type="application/json")
 
 
@@ -365,12 +373,7 @@ def _add_routes(app: FastAPI) -> None:
         _check_counts(state, len(body.customers), counts)
         as_of = body.as_of or datetime.now(UTC)
         scores = await _run(state, sum(counts), model.score_events, body.customers, as_of)
-        state.metrics.customers.labels("events").inc(len(scores))
-        return _json(
-            ScoreResponse.model_construct(
-                model_name=model.name, model_version=model.version, as_of=as_of, scores=scores
-            )
-        )
+        return _scored(call, "events", scores, as_of)
 
     @app.post(
         SCORES_FEATURES,
@@ -403,12 +406,7 @@ def _add_routes(app: FastAPI) -> None:
                     for i, name in exc.missing[:_MAX_MISSING_REPORTED]
                 ]
             ) from None
-        state.metrics.customers.labels("features").inc(len(scores))
-        return _json(
-            ScoreResponse.model_construct(
-                model_name=model.name, model_version=model.version, as_of=None, scores=scores
-            )
-        )
+        return _scored(call, "features", scores, None)
 
     @app.get(
         MODEL,

@@ -93,6 +93,30 @@ def _listening(port: int) -> bool:
         return False
 
 
+def _start_upload(port: int, body: dict) -> tuple[socket.socket, bytes]:
+    """A scoring request whose body is only partly sent: (connection, the rest)."""
+    payload = json.dumps(body).encode()
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.sendall(
+        b"POST /v1/scores HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {KEYS[1]}\r\nContent-Length: {len(payload)}\r\n".encode()
+        + b"Connection: close\r\n\r\n"
+        + payload[:100]
+    )
+    return slow, payload[100:]
+
+
+def _finish_upload(slow: socket.socket, rest: bytes) -> tuple[bytes, bytes]:
+    """Send the rest of the body; the response's (status line and headers, content)."""
+    slow.sendall(rest)
+    response = b""
+    while chunk := slow.recv(65536):
+        response += chunk
+    slow.close()
+    head, _, content = response.partition(b"\r\n\r\n")
+    return head, content
+
+
 def test_serve_command_scores_over_http_then_drains_on_sigterm(
     trained: Trained, tmp_path: Path
 ) -> None:
@@ -121,14 +145,7 @@ def test_serve_command_scores_over_http_then_drains_on_sigterm(
         assert r.json()["scores"][0]["customer_id"] == cid
 
         # A request still uploading its body when SIGTERM arrives.
-        payload = json.dumps(body).encode()
-        slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(
-            b"POST /v1/scores HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {KEYS[1]}\r\nContent-Length: {len(payload)}\r\n".encode()
-            + b"Connection: close\r\n\r\n"
-            + payload[:100]
-        )
+        slow, rest = _start_upload(port, body)
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         # Readiness turns 503 first, while the server still accepts connections.
@@ -139,13 +156,8 @@ def test_serve_command_scores_over_http_then_drains_on_sigterm(
             assert time.monotonic() < deadline, "the server never stopped listening"
             time.sleep(0.05)
         assert proc.poll() is None  # still finishing the in-flight request
-        slow.sendall(payload[100:])
-        response = b""
-        while chunk := slow.recv(65536):
-            response += chunk
-        slow.close()
-        head, _, content = response.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), response[:500]
+        head, content = _finish_upload(slow, rest)
+        assert head.startswith(b"HTTP/1.1 200"), head
         assert json.loads(content)["scores"][0]["customer_id"] == cid
         assert proc.wait(30) in (0, -signal.SIGTERM)
     finally:
@@ -255,14 +267,7 @@ def test_serve_command_with_two_workers_both_answer_then_drain_on_sigterm(
                     os.kill(p, signal.SIGCONT)
 
         # A request still uploading its body when the supervisor gets SIGTERM.
-        payload = json.dumps(body).encode()
-        slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(
-            b"POST /v1/scores HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {KEYS[1]}\r\nContent-Length: {len(payload)}\r\n".encode()
-            + b"Connection: close\r\n\r\n"
-            + payload[:100]
-        )
+        slow, rest = _start_upload(port, body)
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         # The supervisor passes it on to the workers (it looks for signals twice a
@@ -277,13 +282,8 @@ def test_serve_command_with_two_workers_both_answer_then_drain_on_sigterm(
             assert time.monotonic() < deadline, "the server never stopped listening"
             time.sleep(0.05)
         assert proc.poll() is None  # still waiting for the worker finishing the request
-        slow.sendall(payload[100:])
-        response = b""
-        while chunk := slow.recv(65536):
-            response += chunk
-        slow.close()
-        head, _, content = response.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), response[:500]
+        head, content = _finish_upload(slow, rest)
+        assert head.startswith(b"HTTP/1.1 200"), head
         assert json.loads(content) == expected
         assert proc.wait(30) == 0
         deadline = time.monotonic() + 10

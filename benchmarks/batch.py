@@ -1,4 +1,4 @@
-"""Batch scoring throughput and memory from a raw event log (SPEC §10, Batch).
+"""Batch scoring throughput and memory from a raw event log (docs/scale.md, Batch).
 
 Run ``python -m benchmarks.batch`` (10 million events, 200,000 customers) or
 ``python -m benchmarks.batch --large`` (50 million events, 1 million customers).
@@ -79,9 +79,8 @@ def write_raw_log(path: Path, n_events: int, n_customers: int, *, seed: int) -> 
 def train_model(root: Path) -> dict[str, str]:
     """Train and register a small model; return the environment that finds it."""
     import mlflow
-
-    from simulator import write_dataset
-    from training.train import TrainConfig, train
+    from customer_lifecycle.simulator import write_dataset
+    from customer_lifecycle.training.train import TrainConfig, train
 
     data = root / "sim"
     write_dataset(data, customers=2000, seed=3, as_of=["2024-12-31"])
@@ -143,10 +142,10 @@ def score_argv(events: Path, out: Path, chunk_customers: int) -> list[str]:
 IN_MEMORY = textwrap.dedent(
     """
     import sys
-    from features.engine import build_features
-    from features.events import load_events
-    from features.io import write_table
-    from scoring.pyfunc import load_bundle
+    from customer_lifecycle.features.engine import build_features
+    from customer_lifecycle.features.events import load_events
+    from customer_lifecycle.features.io import write_table
+    from customer_lifecycle.scoring.pyfunc import load_bundle
 
     events_path, model, as_of, out = sys.argv[1:5]
     bundle = load_bundle(model)

@@ -22,8 +22,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pandas as pd
-
-from features.contract import (
+from customer_lifecycle.features.contract import (
     AMOUNT,
     CUSTOMER_ID,
     EVENT_TYPE,
@@ -31,7 +30,7 @@ from features.contract import (
     parse_as_of,
     parse_timestamps,
 )
-from features.definition import ALL, DAY_NS, FeatureDefinition
+from customer_lifecycle.features.definition import ALL, DAY_NS, FeatureDefinition
 
 
 def duckdb_features(

@@ -1,4 +1,4 @@
-"""Feature engine throughput against pandas, Polars and DuckDB baselines (SPEC §10, Features).
+"""Feature engine throughput against pandas, Polars and DuckDB baselines (docs/scale.md, Features).
 
 Run ``python -m benchmarks.features`` (10 million events, 100,000 customers) or
 ``python -m benchmarks.features --large`` (50 million events, 1 million customers).
@@ -39,10 +39,9 @@ from pathlib import Path
 import numba
 import numpy as np
 import pandas as pd
-
-from features.contract import CANONICAL_EVENT_TYPES
-from features.definition import FeatureDefinition, load_definition
-from features.engine import build_features
+from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
+from customer_lifecycle.features.definition import FeatureDefinition, load_definition
+from customer_lifecycle.features.engine import build_features
 
 #: Baselines by name: the module holding ``<name>_features``, the library it needs, and
 #: the label of its row in the table.

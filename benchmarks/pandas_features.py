@@ -20,8 +20,7 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-
-from features.contract import (
+from customer_lifecycle.features.contract import (
     AMOUNT,
     CUSTOMER_ID,
     EVENT_TYPE,
@@ -29,7 +28,7 @@ from features.contract import (
     parse_as_of,
     parse_timestamps,
 )
-from features.definition import ALL, DAY_NS, FeatureDefinition
+from customer_lifecycle.features.definition import ALL, DAY_NS, FeatureDefinition
 
 _CUST, _TYPE = "cust", "etype"
 

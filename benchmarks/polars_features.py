@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import pandas as pd
 import polars as pl
-
-from features.contract import (
+from customer_lifecycle.features.contract import (
     AMOUNT,
     CUSTOMER_ID,
     EVENT_TYPE,
@@ -27,7 +26,7 @@ from features.contract import (
     parse_as_of,
     parse_timestamps,
 )
-from features.definition import ALL, DAY_NS, FeatureDefinition
+from customer_lifecycle.features.definition import ALL, DAY_NS, FeatureDefinition
 
 _NAN = float("nan")
 

@@ -1,4 +1,4 @@
-"""Model quality against the best achievable (SPEC §10, issue 4), on data never tuned on.
+"""Model quality against the best achievable (docs/scale.md), on data never tuned on.
 
 1. A *fresh* scenario: the shipped one with every event rate, transition probability
    and dormancy hazard multiplied by a random factor (log-uniform in [1/2, 2], seeded),
@@ -27,7 +27,7 @@ import pandas as pd
 
 def fresh_scenario(base: str, seed: int) -> Any:
     """The ``base`` scenario with rates, transitions and hazards perturbed at random."""
-    from simulator.config import load_scenario, scenario_from_dict
+    from customer_lifecycle.simulator.config import load_scenario, scenario_from_dict
 
     rng = np.random.default_rng(seed)
     data = load_scenario(base).model_dump(mode="json")
@@ -57,8 +57,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="quality-"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     os.chdir(work)
-    from simulator import write_dataset
-    from training.train import TrainConfig, train
+    from customer_lifecycle.simulator import write_dataset
+    from customer_lifecycle.training.train import TrainConfig, train
 
     scenario = fresh_scenario(args.base, args.seed)
     sim = work / "sim"

@@ -1,4 +1,4 @@
-"""HTTP API latency and throughput against ``mlflow models serve`` (SPEC §10, API).
+"""HTTP API latency and throughput against ``mlflow models serve`` (docs/scale.md, API).
 
 Run ``python -m benchmarks.serving`` (about four minutes with the defaults).
 Without ``--model`` a small demo model is simulated, trained and registered in a temporary
@@ -695,8 +695,8 @@ def running(
 
 def demo_model(workdir: Path) -> str:
     """Simulate a shop, train a small model into a store under ``workdir``; its URI."""
-    from simulator import write_dataset
-    from training.train import TrainConfig, train
+    from customer_lifecycle.simulator import write_dataset
+    from customer_lifecycle.training.train import TrainConfig, train
 
     data = workdir / "data"
     write_dataset(data, customers=3000, seed=3, as_of=[AS_OF])
@@ -721,9 +721,9 @@ def payloads(
     model: str, events_per_customer: int
 ) -> tuple[dict[str, Any], dict[str, float | None]]:
     """One customer with ``events_per_customer`` events (JSON body) and their features."""
-    from features.engine import build_features
-    from scoring.pyfunc import load_bundle
-    from simulator import write_dataset
+    from customer_lifecycle.features.engine import build_features
+    from customer_lifecycle.scoring.pyfunc import load_bundle
+    from customer_lifecycle.simulator import write_dataset
 
     bundle = load_bundle(model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -831,7 +831,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         print(f"model {model}; one customer, {args.events} events; load {_load()} before the runs")
         print(HEADER, flush=True)
-        serve = [sys.executable, "-c", "from lifecycle.cli import app; app()"]
+        serve = [sys.executable, "-c", "from customer_lifecycle.cli import app; app()"]
         cmd = [*serve, "serve", "--model", model, "--port", str(ours_port)]
         cmd += ["--workers", str(args.workers)]
         with running(cmd, f"{ours}/readyz", env, work / "ours.log") as proc:
@@ -872,7 +872,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load {_load()} at end")
     summary = targets_met(results, args)
     if summary:
-        print("\nSPEC §10 API targets (on this run):")
+        print("\ndocs/scale.md API targets (on this run):")
         print("\n".join(f"  {line}" for line in summary))
 
 

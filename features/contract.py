@@ -1,4 +1,4 @@
-"""The event data contract (SPEC §3): column names, canonical event types, dtypes.
+"""The event data contract (docs/events.md): column names, canonical event types, dtypes.
 
 A *canonical event frame* is what every loader returns and every engine reads:
 
@@ -29,7 +29,7 @@ CHANNEL = "channel"
 REQUIRED_COLUMNS: tuple[str, ...] = (CUSTOMER_ID, TIMESTAMP, EVENT_TYPE)
 OPTIONAL_COLUMNS: tuple[str, ...] = (AMOUNT, CHANNEL)
 
-#: Canonical event types (SPEC §3). Mapping files translate other vocabularies onto these.
+#: Canonical event types (docs/events.md). Mapping files translate other vocabularies onto these.
 CANONICAL_EVENT_TYPES: tuple[str, ...] = (
     "ad_click",
     "social_visit",

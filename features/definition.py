@@ -1,4 +1,4 @@
-"""The declarative feature definition (SPEC §5).
+"""The declarative feature definition (docs/features.md).
 
 Groups of event types, trailing windows, monetary groups, trend, active-day and
 funnel settings are data (``features/config/definition.yaml``). The names and
@@ -16,8 +16,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from features.config import read_yaml
-from features.contract import CANONICAL_EVENT_TYPES
+from customer_lifecycle.features.config import read_yaml
+from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
 
 ALL = "all"
 DAY_NS = 86_400 * 10**9
@@ -283,7 +283,10 @@ def definition_from_dict(data: Any, *, source: str = "definition") -> FeatureDef
 def load_definition(path: str | Path | None = None) -> FeatureDefinition:
     """Load a definition YAML file; ``None`` loads the shipped default."""
     data, source = read_yaml(
-        path, package="features.config", default="definition.yaml", what="feature definition"
+        path,
+        package="customer_lifecycle.features.config",
+        default="definition.yaml",
+        what="feature definition",
     )
     return definition_from_dict(data, source=source)
 

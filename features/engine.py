@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import pandas as pd
-
-from features.contract import (
+from customer_lifecycle.features.contract import (
     AMOUNT,
     CUSTOMER_ID,
     EVENT_TYPE,
@@ -41,7 +40,7 @@ from features.contract import (
     parse_as_of,
     parse_timestamps,
 )
-from features.definition import ALL, DAY_NS, FeatureDefinition, load_definition
+from customer_lifecycle.features.definition import ALL, DAY_NS, FeatureDefinition, load_definition
 
 _NONE = np.iinfo(np.int64).min
 #: Customers per kernel call; progress is reported after each chunk.

@@ -1,4 +1,4 @@
-"""Load event logs onto the event data contract (SPEC §3), quarantining bad rows.
+"""Load event logs onto the event data contract (docs/events.md), quarantining bad rows.
 
 :func:`load_events` reads a CSV, Parquet or JSON Lines file, applies an optional
 :class:`EventMapping` (column names and event names), checks every row and returns a
@@ -31,8 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
-
-from features.contract import (
+from customer_lifecycle.features.contract import (
     AMOUNT,
     CANONICAL_EVENT_TYPES,
     CHANNEL,
@@ -44,7 +43,7 @@ from features.contract import (
     parse_timestamps,
     to_canonical_frame,
 )
-from features.io import write_table
+from customer_lifecycle.features.io import write_table
 
 #: Quarantine reasons, in the order they are checked; a row failing several checks
 #: is reported under the first.
@@ -165,7 +164,11 @@ def load_mapping(spec: str | Path | None) -> EventMapping | None:
         return None
     if isinstance(spec, str) and spec.lower() in PRESETS:
         name = spec.lower()
-        text = resources.files("features.presets").joinpath(f"{name}.yaml").read_text()
+        text = (
+            resources.files("customer_lifecycle.features.presets")
+            .joinpath(f"{name}.yaml")
+            .read_text()
+        )
         source = f"preset {name!r}"
     else:
         path = Path(spec)

@@ -1,4 +1,6 @@
-"""The Spark engine: the feature definition compiled to Spark SQL expressions (SPEC §5, §9).
+"""The Spark engine: the feature definition compiled to Spark SQL expressions.
+
+See docs/features.md and docs/spark.md.
 
 :func:`build_features_spark` turns a Spark DataFrame of events into one row of features
 per customer, equal to :func:`features.engine.build_features` value for value: counts
@@ -30,8 +32,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from features.contract import AMOUNT, CUSTOMER_ID, EVENT_TYPE, TIMESTAMP, parse_as_of
-from features.definition import ALL, DAY_NS, FeatureDefinition, load_definition
+from customer_lifecycle.features.contract import (
+    AMOUNT,
+    CUSTOMER_ID,
+    EVENT_TYPE,
+    TIMESTAMP,
+    parse_as_of,
+)
+from customer_lifecycle.features.definition import ALL, DAY_NS, FeatureDefinition, load_definition
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -267,9 +275,8 @@ def clean_events_spark(
     rows with a ``reason`` column (the first failing check of
     :data:`features.events.QUARANTINE_REASONS`).
     """
+    from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
     from pyspark.sql import functions as F
-
-    from features.contract import CANONICAL_EVENT_TYPES
 
     if unknown_events not in ("strict", "lenient"):
         raise ValueError(f"unknown_events must be 'strict' or 'lenient', got {unknown_events!r}")

@@ -1,11 +1,11 @@
-"""Lifecycle stage taxonomy as configuration (SPEC §2)."""
+"""Lifecycle stage taxonomy as configuration (docs/stages.md)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from features.config import read_yaml
+from customer_lifecycle.features.config import read_yaml
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
     The file holds ``stages: [{name: ..., synonyms: [...]}, ...]`` in funnel order.
     """
     data, source = read_yaml(
-        path, package="features.config", default="stages.yaml", what="taxonomy"
+        path, package="customer_lifecycle.features.config", default="stages.yaml", what="taxonomy"
     )
     data = data or {}
     entries = data.get("stages") if isinstance(data, dict) else None

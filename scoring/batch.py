@@ -1,4 +1,4 @@
-"""Batch scoring from an event log to a table of the SPEC §7 columns, in bounded memory.
+"""Batch scoring from an event log to a table of the docs/cli.md columns, in bounded memory.
 
 :func:`score_file` (and :func:`features_file`, which stops at the features) never holds
 the whole log. It makes two passes:
@@ -56,8 +56,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from features.contract import (
+from customer_lifecycle.features.contract import (
     CHANNEL,
     CUSTOMER_ID,
     EVENT_TYPE,
@@ -65,9 +64,9 @@ from features.contract import (
     REQUIRED_COLUMNS,
     parse_as_of,
 )
-from features.definition import FeatureDefinition, load_definition
-from features.engine import build_features
-from features.events import (
+from customer_lifecycle.features.definition import FeatureDefinition, load_definition
+from customer_lifecycle.features.engine import build_features
+from customer_lifecycle.features.events import (
     QUARANTINE_REASONS,
     EventMapping,
     LoadSummary,
@@ -78,9 +77,9 @@ from features.events import (
     one_line,
     validate_events,
 )
-from features.io import table_format
-from scoring.bundle import RISK_BANDS, ModelBundle
-from scoring.pyfunc import load_bundle
+from customer_lifecycle.features.io import table_format
+from customer_lifecycle.scoring.bundle import RISK_BANDS, ModelBundle
+from customer_lifecycle.scoring.pyfunc import load_bundle
 
 #: Customers whose events, features and scores are held in memory at once (default).
 DEFAULT_CHUNK_CUSTOMERS = 50_000

@@ -25,10 +25,9 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-
-from features.contract import CUSTOMER_ID
-from features.definition import FeatureDefinition, definition_from_dict
-from features.engine import build_features
+from customer_lifecycle.features.contract import CUSTOMER_ID
+from customer_lifecycle.features.definition import FeatureDefinition, definition_from_dict
+from customer_lifecycle.features.engine import build_features
 
 FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"

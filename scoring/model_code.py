@@ -4,8 +4,7 @@ It only imports the installed ``scoring`` package; the estimators are read from 
 bundle's JSON and LightGBM text files by ``LifecycleModel.load_context``.
 """
 
+from customer_lifecycle.scoring.pyfunc import LifecycleModel
 from mlflow.models import set_model
-
-from scoring.pyfunc import LifecycleModel
 
 set_model(LifecycleModel())

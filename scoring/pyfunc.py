@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from customer_lifecycle.scoring.bundle import ModelBundle
 from mlflow.pyfunc import PythonModel
-
-from scoring.bundle import ModelBundle
 
 BUNDLE_ARTIFACT = "bundle"
 MODEL_CODE = Path(__file__).with_name("model_code.py")

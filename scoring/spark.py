@@ -5,7 +5,7 @@
 :meth:`scoring.bundle.ModelBundle.predict_features`, the code the MLflow pyfunc runs. The
 bundle reaches the executors as its files (JSON and LightGBM text, shipped with
 ``SparkContext.addFile``) and is read there with :meth:`ModelBundle.load`: nothing is
-pickled, as on every load path of the model (SPEC §6).
+pickled, as on every load path of the model (docs/models.md).
 
 The same artifact also works with ``mlflow.pyfunc.spark_udf`` on a frame of features
 (see ``docs/spark.md``); the UDF here avoids MLflow's per-executor environment set-up.
@@ -20,16 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
-
-from features.contract import CUSTOMER_ID
-from features.spark_engine import (
+from customer_lifecycle.features.contract import CUSTOMER_ID
+from customer_lifecycle.features.spark_engine import (
     build_features_spark,
     check_parquet_paths,
     clean_events_spark,
     spark_session,
 )
-from scoring.bundle import ModelBundle
-from scoring.pyfunc import load_bundle
+from customer_lifecycle.scoring.bundle import ModelBundle
+from customer_lifecycle.scoring.pyfunc import load_bundle
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame

@@ -1,4 +1,4 @@
-"""The HTTP API (SPEC §8): :func:`create_app` builds a FastAPI app from :class:`Settings`.
+"""The HTTP API (docs/api.md): :func:`create_app` builds a FastAPI app from :class:`Settings`.
 
 The model is loaded in ``lifespan`` and reaches the routes through the
 :data:`CurrentModel` dependency, which reads the holder's reference once per request.
@@ -19,19 +19,12 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
-
-from serving.metrics import CONTENT_TYPE, Metrics
-from serving.middleware import LimitsMiddleware, RequestContextMiddleware
-from serving.playbook import load_playbook
-from serving.predict import MissingFeatures, ServedModel
-from serving.registry import Loader, ModelHolder, load_served_model
-from serving.schemas import (
+from customer_lifecycle.serving.metrics import CONTENT_TYPE, Metrics
+from customer_lifecycle.serving.middleware import LimitsMiddleware, RequestContextMiddleware
+from customer_lifecycle.serving.playbook import load_playbook
+from customer_lifecycle.serving.predict import MissingFeatures, ServedModel
+from customer_lifecycle.serving.registry import Loader, ModelHolder, load_served_model
+from customer_lifecycle.serving.schemas import (
     Health,
     ModelInfo,
     Readiness,
@@ -43,7 +36,13 @@ from serving.schemas import (
     ScoreResponse,
     error_doc,
 )
-from serving.settings import Settings, get_settings
+from customer_lifecycle.serving.settings import Settings, get_settings
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
 

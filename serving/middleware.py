@@ -13,10 +13,9 @@ import uuid
 from time import perf_counter
 from typing import Any
 
+from customer_lifecycle.serving.metrics import Metrics
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from serving.metrics import Metrics
 
 log = logging.getLogger("serving.access")
 

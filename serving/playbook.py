@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from scoring.bundle import RISK_BANDS
+from customer_lifecycle.scoring.bundle import RISK_BANDS
 
 ANY = "any"
 _TOP_KEYS = ("default", "stages")
@@ -78,7 +77,11 @@ def load_playbook(path: str | Path | None = None) -> Playbook:
         With one line naming the file and the problem.
     """
     if path is None:
-        text = resources.files("serving.config").joinpath("playbook.yaml").read_text()
+        text = (
+            resources.files("customer_lifecycle.serving.config")
+            .joinpath("playbook.yaml")
+            .read_text()
+        )
         source = "shipped playbook"
     else:
         source = f"playbook {path}"

@@ -27,14 +27,13 @@ from typing import Literal
 import lightgbm as lgb
 import numba
 import numpy as np
-
-from features.contract import CANONICAL_EVENT_TYPES
-from features.engine import feature_matrix
-from scoring.bundle import ModelBundle, sigmoid, softmax
-from scoring.trees import TreeEnsemble
-from serving.playbook import Playbook
-from serving.reasons import split_multiclass, top_contributions
-from serving.schemas import (
+from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
+from customer_lifecycle.features.engine import feature_matrix
+from customer_lifecycle.scoring.bundle import ModelBundle, sigmoid, softmax
+from customer_lifecycle.scoring.trees import TreeEnsemble
+from customer_lifecycle.serving.playbook import Playbook
+from customer_lifecycle.serving.reasons import split_multiclass, top_contributions
+from customer_lifecycle.serving.schemas import (
     CustomerEvents,
     CustomerFeatures,
     NextBestAction,

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from features.events import one_line
-from scoring.bundle import BUNDLE_FILE, ModelBundle
-from scoring.pyfunc import default_tracking_uri, load_bundle
-from serving.metrics import Metrics
-from serving.playbook import Playbook
-from serving.predict import ReasonsMethod, ServedModel
-from serving.schemas import CustomerEvents, Event
+from customer_lifecycle.features.events import one_line
+from customer_lifecycle.scoring.bundle import BUNDLE_FILE, ModelBundle
+from customer_lifecycle.scoring.pyfunc import default_tracking_uri, load_bundle
+from customer_lifecycle.serving.metrics import Metrics
+from customer_lifecycle.serving.playbook import Playbook
+from customer_lifecycle.serving.predict import ReasonsMethod, ServedModel
+from customer_lifecycle.serving.schemas import CustomerEvents, Event
 
 log = logging.getLogger(__name__)
 

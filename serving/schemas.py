@@ -18,6 +18,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -30,8 +31,6 @@ from pydantic import (
     WrapValidator,
     model_validator,
 )
-
-from features.contract import CANONICAL_EVENT_TYPES
 
 _EVENT_TYPES = frozenset(CANONICAL_EVENT_TYPES)
 # Times are kept as nanoseconds since the epoch in int64, as in the event files.
@@ -126,7 +125,7 @@ CustomerId = Annotated[
 
 
 class Event(BaseModel):
-    """One event of a customer (SPEC §3); unknown fields are ignored."""
+    """One event of a customer (docs/events.md); unknown fields are ignored."""
 
     model_config = ConfigDict(
         extra="ignore",

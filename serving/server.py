@@ -32,18 +32,16 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from customer_lifecycle.serving.logs import configure_logging
+from customer_lifecycle.serving.metrics import MULTIPROC_DIR_ENV
+from customer_lifecycle.serving.settings import Settings
 from prometheus_client.multiprocess import mark_process_dead
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from serving.logs import configure_logging
-from serving.metrics import MULTIPROC_DIR_ENV
-from serving.settings import Settings
-
 if TYPE_CHECKING:
+    from customer_lifecycle.serving.app import ServerState
     from fastapi import FastAPI
-
-    from serving.app import ServerState
 
 # serving.app (FastAPI, the scoring code) is imported where it is used: a worker unpickles
 # this module before it answers the supervisor's first health check (within 5 s of its
@@ -143,7 +141,7 @@ def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, worker
     if workers > 1:
         _run_workers(settings, host=host, port=port, workers=workers)
         return
-    from serving.app import create_app
+    from customer_lifecycle.serving.app import create_app
 
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=port, **_UVICORN)
@@ -207,7 +205,7 @@ def _worker_app(settings: Settings) -> FastAPI:
     # keep it off, as configure_logging has just let it propagate to our handler again.
     logging.getLogger("uvicorn.access").propagate = False
     try:
-        from serving.app import create_app
+        from customer_lifecycle.serving.app import create_app
 
         app = create_app(settings)
         stop = signal.getsignal(signal.SIGTERM)

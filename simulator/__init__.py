@@ -3,9 +3,9 @@
 See ``docs/simulator.md``. The command line entry is ``lifecycle simulate``.
 """
 
-from simulator.config import Scenario, load_scenario
-from simulator.generate import SimulatedData, simulate, write_dataset
-from simulator.oracle import posterior
+from customer_lifecycle.simulator.config import Scenario, load_scenario
+from customer_lifecycle.simulator.generate import SimulatedData, simulate, write_dataset
+from customer_lifecycle.simulator.oracle import posterior
 
 __all__ = [
     "Scenario",

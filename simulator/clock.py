@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-
-from features.contract import parse_as_of
+from customer_lifecycle.features.contract import parse_as_of
 
 #: Microseconds in one day.
 DAY_US = 86_400_000_000

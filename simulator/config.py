@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 import yaml
+from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES, MONETARY_EVENT_TYPES
+from customer_lifecycle.features.events import one_line
+from customer_lifecycle.features.taxonomy import load_taxonomy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from features.contract import CANONICAL_EVENT_TYPES, MONETARY_EVENT_TYPES
-from features.events import one_line
-from features.taxonomy import load_taxonomy
 
 #: Scenarios shipped in ``simulator/scenarios``.
 SHIPPED_SCENARIOS: tuple[str, ...] = ("default", "subscription")
@@ -191,7 +190,9 @@ def _read_source(name_or_path: str) -> tuple[str, str]:
                 f"unknown scenario {name_or_path!r}; shipped scenarios are "
                 f"{', '.join(SHIPPED_SCENARIOS)} (or give a path to a YAML file)"
             )
-        path = resources.files("simulator.scenarios").joinpath(f"{name_or_path}.yaml")
+        path = resources.files("customer_lifecycle.simulator.scenarios").joinpath(
+            f"{name_or_path}.yaml"
+        )
         return path.read_text(), repr(name_or_path)
     try:
         return Path(name_or_path).read_text(), name_or_path

@@ -32,11 +32,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
-
-from simulator.clock import DAY_US, parse_midnight, to_us
-from simulator.config import Scenario, ScenarioArrays, load_scenario
-from simulator.metrics import accuracy, macro_f1, roc_auc
-from simulator.oracle import filter_arrays
+from customer_lifecycle.simulator.clock import DAY_US, parse_midnight, to_us
+from customer_lifecycle.simulator.config import Scenario, ScenarioArrays, load_scenario
+from customer_lifecycle.simulator.metrics import accuracy, macro_f1, roc_auc
+from customer_lifecycle.simulator.oracle import filter_arrays
 
 #: Customers per chunk; part of what makes a run reproducible, so not a user option.
 CHUNK_SIZE = 50_000

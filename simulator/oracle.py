@@ -25,10 +25,15 @@ from pathlib import Path
 import numba
 import numpy as np
 import pandas as pd
-
-from features.contract import AMOUNT, CUSTOMER_ID, EVENT_TYPE, TIMESTAMP, to_canonical_frame
-from simulator.clock import DAY_US, parse_midnight, to_us
-from simulator.config import Scenario, ScenarioArrays, load_scenario
+from customer_lifecycle.features.contract import (
+    AMOUNT,
+    CUSTOMER_ID,
+    EVENT_TYPE,
+    TIMESTAMP,
+    to_canonical_frame,
+)
+from customer_lifecycle.simulator.clock import DAY_US, parse_midnight, to_us
+from customer_lifecycle.simulator.config import Scenario, ScenarioArrays, load_scenario
 
 
 def posterior(

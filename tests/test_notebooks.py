@@ -23,7 +23,7 @@ CASES = [
     # Events, funnel depth from the feature engine, stage mix, rates by true stage.
     pytest.param("01-explore-events.ipynb", id="01-explore-events"),
     # A full training run logged to MLflow and registered, metrics read back,
-    # plots from training.plots, gain importances and TreeSHAP from the bundle.
+    # plots from customer_lifecycle.training.plots, gain importances and TreeSHAP from the bundle.
     pytest.param("02-train-and-evaluate.ipynb", id="02-train-and-evaluate"),
     # Trains a model, batch scoring with score_file, segments and the playbook's actions.
     pytest.param("03-score-and-act.ipynb", id="03-score-and-act"),

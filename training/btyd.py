@@ -14,7 +14,7 @@ and ``age`` ``T``; all times are in days here. Customers who never purchased hav
 no such history (the feature engine reports NaN recency and age for them) and must
 be left out by the caller.
 
-This module serves as the classical churn baseline (SPEC §6, §10): ``p_no_purchase``
+This module serves as the classical churn baseline (docs/models.md): ``p_no_purchase``
 over the churn horizon is directly comparable with the churn head's probability.
 """
 

@@ -1,4 +1,4 @@
-"""Labels (SPEC §4): CRM stage labels or the rulebook, and churn labels from the log."""
+"""Labels (docs/labels.md): CRM stage labels or the rulebook, and churn labels from the log."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from features.config import read_yaml
-from features.contract import CUSTOMER_ID, parse_as_of, parse_timestamps
-from features.definition import DAY_NS, FeatureDefinition
-from features.engine import build_features
-from features.taxonomy import Taxonomy
+from customer_lifecycle.features.config import read_yaml
+from customer_lifecycle.features.contract import CUSTOMER_ID, parse_as_of, parse_timestamps
+from customer_lifecycle.features.definition import DAY_NS, FeatureDefinition
+from customer_lifecycle.features.engine import build_features
+from customer_lifecycle.features.taxonomy import Taxonomy
 
 _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "<": operator.lt,
@@ -117,7 +116,7 @@ def load_rulebook(
 ) -> Rulebook:
     """Load a rulebook YAML (``None``: the shipped one), checked against the feature names."""
     data, source = read_yaml(
-        path, package="training.config", default="rulebook.yaml", what="rulebook"
+        path, package="customer_lifecycle.training.config", default="rulebook.yaml", what="rulebook"
     )
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         raise ValueError(f"{source} must hold a 'rules' list and a 'default' stage")

@@ -1,4 +1,4 @@
-"""Evaluation metrics for the two heads (SPEC §6): stage (multiclass) and churn (binary).
+"""Evaluation metrics for the two heads (docs/models.md): stage (multiclass) and churn (binary).
 
 Every function returns plain ``float`` values (keyed by metric name where it returns a
 dict) so the result can go straight to ``mlflow.log_metrics``. Undefined values (an

@@ -18,13 +18,12 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from customer_lifecycle.scoring.bundle import sigmoid, softmax
 from scipy.optimize import minimize, minimize_scalar
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-
-from scoring.bundle import sigmoid, softmax
 
 DEFAULT_LGB_PARAMS: dict[str, Any] = {
     "learning_rate": 0.05,

@@ -1,4 +1,4 @@
-"""Evaluation plots logged with each training run (SPEC §6).
+"""Evaluation plots logged with each training run (docs/models.md).
 
 Every function returns a :class:`matplotlib.figure.Figure` built directly, without
 pyplot, so nothing here selects a backend or keeps figures in global state; the
@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from customer_lifecycle.training.metrics import calibration_bins, expected_calibration_error
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
-
-from training.metrics import calibration_bins, expected_calibration_error
 
 __all__ = [
     "calibration_figure",

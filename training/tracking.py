@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from customer_lifecycle.scoring.pyfunc import default_tracking_uri
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-
-from scoring.pyfunc import default_tracking_uri
 
 CHAMPION = "champion"
 DEFAULT_EXPERIMENT = "lifecycle"

@@ -18,17 +18,22 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from customer_lifecycle.features.contract import CUSTOMER_ID, parse_as_of
+from customer_lifecycle.features.definition import FeatureDefinition, load_definition
+from customer_lifecycle.features.engine import build_features
+from customer_lifecycle.features.events import load_events, load_mapping
+from customer_lifecycle.features.taxonomy import Taxonomy, load_taxonomy
+from customer_lifecycle.scoring.bundle import ModelBundle
+from customer_lifecycle.scoring.pyfunc import BUNDLE_ARTIFACT, MODEL_CODE, bundle_of
+from customer_lifecycle.training import btyd, metrics, models, plots, tracking
+from customer_lifecycle.training.labels import (
+    Rulebook,
+    check_horizon,
+    churn_labels,
+    load_labels,
+    load_rulebook,
+)
 from mlflow.models import infer_signature
-
-from features.contract import CUSTOMER_ID, parse_as_of
-from features.definition import FeatureDefinition, load_definition
-from features.engine import build_features
-from features.events import load_events, load_mapping
-from features.taxonomy import Taxonomy, load_taxonomy
-from scoring.bundle import ModelBundle
-from scoring.pyfunc import BUNDLE_ARTIFACT, MODEL_CODE, bundle_of
-from training import btyd, metrics, models, plots, tracking
-from training.labels import Rulebook, check_horizon, churn_labels, load_labels, load_rulebook
 
 Say = Callable[[str], None]
 
@@ -442,8 +447,8 @@ def oracle_metrics(
     meta = json.loads(meta_path.read_text())
     if meta.get("generator") != "simulator" or config.qualifying != "any":
         return {}
-    from simulator.config import scenario_from_dict
-    from simulator.oracle import posterior
+    from customer_lifecycle.simulator.config import scenario_from_dict
+    from customer_lifecycle.simulator.oracle import posterior
 
     scenario = scenario_from_dict(meta["parameters"], source=str(meta_path))
     if list(scenario.stages) != list(taxonomy.stages):
@@ -582,7 +587,7 @@ def evaluate_model(
     say: Say = print,
 ) -> dict[str, float]:
     """A model's metrics on labelled snapshots of a log (every snapshot, no split)."""
-    from scoring.pyfunc import load_bundle
+    from customer_lifecycle.scoring.pyfunc import load_bundle
 
     bundle = load_bundle(model)
     taxonomy = load_taxonomy(taxonomy_path)

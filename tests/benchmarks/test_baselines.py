@@ -1,4 +1,4 @@
-"""The Polars and DuckDB baselines of ``benchmarks.features`` equal the engine (SPEC §10).
+"""The Polars and DuckDB baselines of ``benchmarks.features`` equal the engine (docs/scale.md).
 
 A speed ratio means something only if both sides build the same features: each baseline
 must return what :func:`features.engine.build_features` returns, the same customers in
@@ -13,15 +13,15 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
+from customer_lifecycle.features.contract import to_canonical_frame
+from customer_lifecycle.features.definition import FeatureDefinition, load_definition
+from customer_lifecycle.features.engine import build_features
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.duckdb_features import duckdb_features
 from benchmarks.features import SPAN_DAYS, START, synthetic_log
 from benchmarks.polars_features import polars_features
-from features.contract import to_canonical_frame
-from features.definition import FeatureDefinition, load_definition
-from features.engine import build_features
 from tests.features.test_engine_parity import CUSTOM, assert_same_features, event_logs
 
 Baseline = Callable[..., pd.DataFrame]

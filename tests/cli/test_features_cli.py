@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from customer_lifecycle.features.engine import build_features
 from typer.testing import CliRunner
 
-from features.engine import build_features
-from lifecycle.cli import app
+from customer_lifecycle.cli import app
 
 runner = CliRunner()
 

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from features.definition import load_definition
-from features.docs import feature_table_markdown
+from customer_lifecycle.features.definition import load_definition
+from customer_lifecycle.features.docs import feature_table_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -11,5 +11,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_feature_columns_doc_is_current() -> None:
     committed = (ROOT / "docs" / "feature-columns.md").read_text()
     assert committed == feature_table_markdown(load_definition()), (
-        "docs/feature-columns.md is stale: run `python -m features.docs > docs/feature-columns.md`"
+        "docs/feature-columns.md is stale: run "
+        "`python -m customer_lifecycle.features.docs > docs/feature-columns.md`"
     )

@@ -7,12 +7,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from customer_lifecycle.features import engine
+from customer_lifecycle.features.definition import definition_from_dict, load_definition
+from customer_lifecycle.features.engine import build_features, feature_matrix
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from features import engine
-from features.definition import definition_from_dict, load_definition
-from features.engine import build_features, feature_matrix
 
 AS_OF = "2024-03-01T00:00:00Z"
 

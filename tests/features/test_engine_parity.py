@@ -1,4 +1,4 @@
-"""Engine parity (SPEC §5): the numba engine equals a plain pandas group-by, value for value.
+"""Engine parity: the numba engine equals a plain pandas group-by, value for value.
 
 The oracle is :func:`benchmarks.pandas_features.pandas_features`, written independently
 from the documented meaning of each column. Counts must agree exactly, other floats to
@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
+from customer_lifecycle.features.definition import FeatureDefinition, load_definition
+from customer_lifecycle.features.engine import build_features
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.pandas_features import pandas_features
-from features.contract import CANONICAL_EVENT_TYPES
-from features.definition import FeatureDefinition, load_definition
-from features.engine import build_features
 
 START = pd.Timestamp("2023-01-01", tz="UTC")
 SPAN_DAYS = 730

@@ -1,4 +1,4 @@
-"""Tests for the event loader (SPEC §3): formats, mapping, quarantine, summary."""
+"""Tests for the event loader (docs/events.md): formats, mapping, quarantine, summary."""
 
 from __future__ import annotations
 
@@ -11,11 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
-
-from features.contract import CANONICAL_EVENT_TYPES, is_canonical_frame
-from features.events import (
+from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES, is_canonical_frame
+from customer_lifecycle.features.events import (
     QUARANTINE_REASONS,
     EventMapping,
     LoadSummary,
@@ -23,6 +20,8 @@ from features.events import (
     load_mapping,
     validate_events,
 )
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 ROWS = [
     {

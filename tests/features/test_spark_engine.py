@@ -1,4 +1,4 @@
-"""The Spark engine equals the in-memory engine (SPEC §5, §9), on a local Spark session.
+"""The Spark engine equals the in-memory engine, on a local Spark session.
 
 Counts must agree exactly, other floats to 1e-9 relative, NaN in the same places; Spark
 scores equal in-memory scores. Spark is slow to start and to plan, so there is one
@@ -15,16 +15,16 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+from customer_lifecycle.features.definition import FeatureDefinition, load_definition
+from customer_lifecycle.features.engine import build_features
+from customer_lifecycle.features.events import load_events, validate_events
+from customer_lifecycle.scoring.bundle import ModelBundle
+from customer_lifecycle.simulator import write_dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from features.definition import FeatureDefinition, load_definition
-from features.engine import build_features
-from features.events import load_events, validate_events
-from lifecycle.cli import app
-from scoring.bundle import ModelBundle
-from simulator import write_dataset
+from customer_lifecycle.cli import app
 from tests.features.test_engine_parity import CUSTOM, assert_same_features, event_logs
 
 pytest.importorskip("pyspark")
@@ -42,7 +42,7 @@ STAGES = ("awareness", "consideration", "purchase", "retention")
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
-    from features.spark_engine import spark_session
+    from customer_lifecycle.features.spark_engine import spark_session
 
     session = spark_session("local[2]", app_name="lifecycle-tests")
     session.conf.set("spark.sql.shuffle.partitions", "2")
@@ -109,7 +109,7 @@ def test_simulated_log_matches_the_in_memory_engine(
 def test_random_logs_match_the_in_memory_engine(
     spark: object, log: tuple[pd.DataFrame, pd.Timestamp], definition: FeatureDefinition
 ) -> None:
-    from features.spark_engine import build_features_spark
+    from customer_lifecycle.features.spark_engine import build_features_spark
 
     events, as_of = log
     expected = build_features(events, as_of=as_of, definition=definition)
@@ -123,7 +123,7 @@ def test_random_logs_match_the_in_memory_engine(
 
 
 def test_bad_rows_are_dropped_for_the_same_reasons(spark: object) -> None:
-    from features.spark_engine import clean_events_spark
+    from customer_lifecycle.features.spark_engine import clean_events_spark
 
     rows = pd.DataFrame(
         {

@@ -19,15 +19,15 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+from customer_lifecycle.features.definition import load_definition
+from customer_lifecycle.features.engine import build_features
+from customer_lifecycle.features.events import load_events
+from customer_lifecycle.scoring.batch import features_file, score_file
+from customer_lifecycle.scoring.bundle import ModelBundle
 from typer.testing import CliRunner
 
 from benchmarks.features import SPAN_DAYS, START, synthetic_log
-from features.definition import load_definition
-from features.engine import build_features
-from features.events import load_events
-from lifecycle.cli import app
-from scoring.batch import features_file, score_file
-from scoring.bundle import ModelBundle
+from customer_lifecycle.cli import app
 
 AS_OF = (START + pd.Timedelta(days=SPAN_DAYS - 30)).isoformat()
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
@@ -245,7 +245,7 @@ def test_failure_keeps_an_earlier_output(
 SLOW_CLI = textwrap.dedent(
     """
     import sys, time
-    import scoring.batch as batch
+    import customer_lifecycle.scoring.batch as batch
 
     real = batch.validate_events
     calls = []
@@ -259,7 +259,7 @@ SLOW_CLI = textwrap.dedent(
 
     batch.validate_events = slow
     batch.ROWS_PER_PARTITION = 1_000  # a dozen spill files, so several chunks
-    from lifecycle.cli import app
+    from customer_lifecycle.cli import app
 
     app(sys.argv[1:])
     """

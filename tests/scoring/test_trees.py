@@ -20,17 +20,16 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from scoring.trees import (
+from customer_lifecycle.scoring.trees import (
     MISSING_NAN,
     MISSING_NONE,
     MISSING_ZERO,
     ZERO_THRESHOLD,
     TreeEnsemble,
 )
-from training.models import DEFAULT_LGB_PARAMS
+from customer_lifecycle.training.models import DEFAULT_LGB_PARAMS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 N_FEATURES = 8
 SPECIAL = (

@@ -14,14 +14,14 @@ from typing import Any
 
 import mlflow
 import pytest
+from customer_lifecycle.features.events import load_events
+from customer_lifecycle.scoring.pyfunc import load_bundle
+from customer_lifecycle.serving.app import create_app
+from customer_lifecycle.simulator import write_dataset
+from customer_lifecycle.training.train import TrainConfig, train
 from fastapi.testclient import TestClient
 
-from features.events import load_events
-from scoring.pyfunc import load_bundle
-from serving.app import create_app
-from simulator import write_dataset
 from tests.serving.support import AS_OF, NAME, Trained, settings
-from training.train import TrainConfig, train
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,7 @@ from typing import Any
 
 import pandas as pd
 import uvicorn
-
-from serving.settings import Settings
+from customer_lifecycle.serving.settings import Settings
 
 NAME = "lifecycle-serving"
 AS_OF = "2024-12-31"

@@ -16,16 +16,16 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+from customer_lifecycle.features.engine import build_features
+from customer_lifecycle.features.events import validate_events
+from customer_lifecycle.scoring.bundle import ModelBundle
+from customer_lifecycle.serving.app import create_app
+from customer_lifecycle.serving.playbook import load_playbook
+from customer_lifecycle.serving.predict import ServedModel
+from customer_lifecycle.serving.registry import ModelRef, load_served_model
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from features.engine import build_features
-from features.events import validate_events
-from scoring.bundle import ModelBundle
-from serving.app import create_app
-from serving.playbook import load_playbook
-from serving.predict import ServedModel
-from serving.registry import ModelRef, load_served_model
 from tests.serving.support import AUTH, KEYS, Trained, busy_customers, customer_payload, settings
 
 pytestmark = pytest.mark.slow

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from customer_lifecycle.scoring.bundle import ModelBundle
+from customer_lifecycle.serving.logs import JsonFormatter
+from customer_lifecycle.serving.playbook import load_playbook
+from customer_lifecycle.serving.reasons import split_multiclass, top_contributions
+from customer_lifecycle.serving.settings import Settings, get_settings, settings_with
 
-from scoring.bundle import ModelBundle
-from serving.logs import JsonFormatter
-from serving.playbook import load_playbook
-from serving.reasons import split_multiclass, top_contributions
-from serving.settings import Settings, get_settings, settings_with
 from tests.serving.support import Trained
 
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")

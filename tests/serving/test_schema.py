@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from customer_lifecycle.serving.app import create_app
 
-from serving.app import create_app
 from tests.serving.support import KEYS, Trained, live_server, settings
 
 pytestmark = pytest.mark.slow

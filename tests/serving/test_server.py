@@ -18,14 +18,14 @@ from typing import Any
 
 import httpx
 import pytest
+from customer_lifecycle.scoring.bundle import ModelBundle
+from customer_lifecycle.serving.app import create_app
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from lifecycle.cli import app as cli
-from scoring.bundle import ModelBundle
-from serving.app import create_app
+from customer_lifecycle.cli import app as cli
 from tests.serving.support import (
     AUTH,
     KEYS,
@@ -50,7 +50,7 @@ def _serve(model: Path, port: int, keys: Path, *options: str) -> list[str]:
     return [
         sys.executable,
         "-c",
-        "from lifecycle.cli import app; app()",
+        "from customer_lifecycle.cli import app; app()",
         "serve",
         "--model",
         str(model),

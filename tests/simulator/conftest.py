@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from customer_lifecycle.simulator.config import Scenario, scenario_from_dict
 
-from simulator.config import Scenario, scenario_from_dict
 from tests.simulator.tiny import tiny_parameters
 
 

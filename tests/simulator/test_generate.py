@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from features.contract import CANONICAL_EVENT_TYPES
-from simulator.config import ScenarioArrays, load_scenario
-from simulator.generate import simulate, write_dataset
+from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
+from customer_lifecycle.simulator.config import ScenarioArrays, load_scenario
+from customer_lifecycle.simulator.generate import simulate, write_dataset
 
 
 def _files(folder: Path) -> dict[str, bytes]:

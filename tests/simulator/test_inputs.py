@@ -8,12 +8,12 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from customer_lifecycle.simulator.config import load_scenario
+from customer_lifecycle.simulator.generate import make_plan, write_dataset
+from customer_lifecycle.simulator.oracle import posterior
 from typer.testing import CliRunner
 
-from lifecycle.cli import app
-from simulator.config import load_scenario
-from simulator.generate import make_plan, write_dataset
-from simulator.oracle import posterior
+from customer_lifecycle.cli import app
 from tests.simulator.tiny import tiny_parameters
 
 

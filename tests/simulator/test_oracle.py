@@ -8,11 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
-from simulator.config import Scenario
-from simulator.generate import simulate
-from simulator.metrics import accuracy, log_loss, macro_f1, roc_auc
-from simulator.oracle import posterior
+from customer_lifecycle.simulator.config import Scenario
+from customer_lifecycle.simulator.generate import simulate
+from customer_lifecycle.simulator.metrics import accuracy, log_loss, macro_f1, roc_auc
+from customer_lifecycle.simulator.oracle import posterior
 
 AS_OF = pd.Timestamp("2024-01-07", tz="UTC")  # day 6 of the tiny scenario
 HORIZON = 3

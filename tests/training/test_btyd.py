@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from customer_lifecycle.training.btyd import BGNBD, _nll_and_grad, fit_bgnbd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, optimize, special
-
-from training.btyd import BGNBD, _nll_and_grad, fit_bgnbd
 
 TRUE = BGNBD(r=0.25, alpha=4.0, a=0.8, b=2.5)
 HORIZON = 90.0

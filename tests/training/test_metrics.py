@@ -6,9 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from sklearn import metrics as skm
-
-from training.metrics import (
+from customer_lifecycle.training.metrics import (
     calibration_bins,
     churn_metrics,
     expected_calibration_error,
@@ -16,6 +14,7 @@ from training.metrics import (
     multiclass_ece,
     stage_metrics,
 )
+from sklearn import metrics as skm
 
 CLASSES = ["awareness", "consideration", "purchase", "retention", "advocacy"]
 

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from matplotlib.figure import Figure
-from matplotlib.image import AxesImage
-
-from training.plots import (
+from customer_lifecycle.training.plots import (
     calibration_figure,
     confusion_matrix_figure,
     feature_importance_figure,
     multiclass_calibration_figure,
     roc_pr_figure,
 )
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 CLASSES = ["awareness", "consideration", "purchase", "retention", "advocacy"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

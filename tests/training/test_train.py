@@ -8,16 +8,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from customer_lifecycle.features.engine import build_features
+from customer_lifecycle.features.events import load_events
+from customer_lifecycle.features.taxonomy import load_taxonomy
+from customer_lifecycle.scoring.bundle import ModelBundle
+from customer_lifecycle.scoring.pyfunc import bundle_of
+from customer_lifecycle.simulator import write_dataset
+from customer_lifecycle.training.labels import check_horizon, churn_labels, load_labels
+from customer_lifecycle.training.train import TrainConfig, build_examples, train
 from mlflow import MlflowClient
-
-from features.engine import build_features
-from features.events import load_events
-from features.taxonomy import load_taxonomy
-from scoring.bundle import ModelBundle
-from scoring.pyfunc import bundle_of
-from simulator import write_dataset
-from training.labels import check_horizon, churn_labels, load_labels
-from training.train import TrainConfig, build_examples, train
 
 AS_OF = ["2024-09-30", "2024-12-31"]
 pytestmark = pytest.mark.slow
@@ -200,7 +199,7 @@ def test_a_labels_own_window_never_feeds_its_features(sim: Path, events: pd.Data
     labels = load_labels(sim / "labels.csv", taxonomy=load_taxonomy())
     first = labels[labels["as_of"] == labels["as_of"].min()].head(300)
     config = TrainConfig()
-    from features.definition import load_definition
+    from customer_lifecycle.features.definition import load_definition
 
     d = load_definition()
     ex, _ = build_examples(events, first, load_taxonomy(), d, config)
@@ -247,7 +246,7 @@ def test_horizon_past_the_data_is_refused(events: pd.DataFrame) -> None:
 
 
 def test_churn_label_counts_only_its_window(events: pd.DataFrame) -> None:
-    from features.definition import load_definition
+    from customer_lifecycle.features.definition import load_definition
 
     snaps = pd.DataFrame({"customer_id": ["c0000005"], "as_of": ["2024-09-30"]})
     ts = events.loc[events["customer_id"] == "c0000005", "timestamp"]

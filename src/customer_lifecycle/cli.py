@@ -1,4 +1,4 @@
-"""The ``lifecycle`` command line: a thin Typer layer over the packages (SPEC §7).
+"""The ``lifecycle`` command line: a thin Typer layer over the packages (docs/cli.md).
 
 Each command parses its options, calls one function of ``features``, ``training``,
 ``serving`` or ``simulator``, and turns a ``ValueError``/``OSError`` a user can cause
@@ -128,8 +128,8 @@ def features(
     spark_master: SparkMasterOption = "local[*]",
 ) -> None:
     """Build point-in-time features, one row per customer, from an event log."""
-    from features.contract import parse_as_of
-    from features.definition import load_definition
+    from customer_lifecycle.features.contract import parse_as_of
+    from customer_lifecycle.features.definition import load_definition
 
     if unknown_events not in ("strict", "lenient"):
         raise ValueError("--unknown-events must be strict or lenient")
@@ -137,7 +137,7 @@ def features(
     cutoff = parse_as_of(as_of)
     spec = load_definition(definition)
     if engine == "spark":
-        from features.spark_engine import features_parquet
+        from customer_lifecycle.features.spark_engine import features_parquet
 
         _spark_refuses(mapping=mapping, quarantine=quarantine)
         n = features_parquet(
@@ -151,7 +151,7 @@ def features(
         typer.echo(f"wrote {n:,} customers as of {cutoff.isoformat()} to {out} (Spark)")
         return
     if chunk_customers is not None:
-        from scoring.batch import features_file
+        from customer_lifecycle.scoring.batch import features_file
 
         bar, report = _phased_progress_bar()
         with bar:
@@ -173,9 +173,9 @@ def features(
         )
         return
 
-    from features.engine import build_features
-    from features.events import load_events, load_mapping
-    from features.io import table_format, write_table
+    from customer_lifecycle.features.engine import build_features
+    from customer_lifecycle.features.events import load_events, load_mapping
+    from customer_lifecycle.features.io import table_format, write_table
 
     table_format(out)  # refuse a bad output name before the long work
     log, load_summary = load_events(
@@ -246,7 +246,7 @@ def simulate(
     ] = False,
 ) -> None:
     """Simulate customer journeys: events, true stages, churn outcomes and metadata."""
-    from simulator.generate import write_dataset
+    from customer_lifecycle.simulator.generate import write_dataset
 
     bar, update = _progress_bar("simulating")
 
@@ -325,8 +325,8 @@ def train(
     rulebook: Annotated[Path | None, typer.Option(help="Stage rulebook YAML.")] = None,
 ) -> None:
     """Train the stage and churn heads, log the run to MLflow, print run id and model URI."""
-    from training.train import TrainConfig
-    from training.train import train as run_training
+    from customer_lifecycle.training.train import TrainConfig
+    from customer_lifecycle.training.train import train as run_training
 
     config = TrainConfig(
         horizon_days=horizon_days,
@@ -381,7 +381,7 @@ def evaluate(
     mapping: MappingOption = None,
 ) -> None:
     """Score labelled snapshots with a model and print its metrics per head and class."""
-    from training.train import evaluate_model
+    from customer_lifecycle.training.train import evaluate_model
 
     result = evaluate_model(
         events,
@@ -405,7 +405,7 @@ def promote(
     ] = None,
 ) -> None:
     """Point the registered model's champion alias at a version."""
-    from training.tracking import promote as set_champion
+    from customer_lifecycle.training.tracking import promote as set_champion
 
     done = set_champion(name, version)
     typer.echo(f"models:/{name}@champion -> version {done}")
@@ -442,7 +442,7 @@ def score(
     """Score every customer: stage, churn probability, risk band, stage probabilities."""
     _check_engine(engine)
     if engine == "spark":
-        from scoring.spark import score_parquet
+        from customer_lifecycle.scoring.spark import score_parquet
 
         _spark_refuses(mapping=mapping, quarantine=quarantine)
         n = score_parquet(
@@ -455,7 +455,7 @@ def score(
         )
         typer.echo(f"scored {n:,} customers to {out} (Spark)")
         return
-    from scoring.batch import score_file
+    from customer_lifecycle.scoring.batch import score_file
 
     bar, report = _phased_progress_bar()
     with bar:
@@ -501,8 +501,8 @@ def serve(
     ] = 1,
 ) -> None:
     """Serve the HTTP scoring API (other settings: LIFECYCLE_* variables, see docs/api.md)."""
-    from serving.server import run
-    from serving.settings import settings_with
+    from customer_lifecycle.serving.server import run
+    from customer_lifecycle.serving.settings import settings_with
 
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")

@@ -1,5 +1,0 @@
-"""`python -m lifecycle` runs the command line."""
-
-from lifecycle.cli import app
-
-app()

@@ -17,10 +17,11 @@ pyfunc read them; neither of those imports ``training``.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import lightgbm as lgb
 import numpy as np
@@ -28,6 +29,15 @@ import pandas as pd
 from customer_lifecycle.features.contract import CUSTOMER_ID
 from customer_lifecycle.features.definition import FeatureDefinition, definition_from_dict
 from customer_lifecycle.features.engine import build_features
+from customer_lifecycle.scoring.trees import TreeEnsemble
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
@@ -83,6 +93,16 @@ class ModelBundle:
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError("risk thresholds must satisfy 0 <= low <= high <= 1")
         self._features = self.definition.feature_names()
+
+    @functools.cached_property
+    def stage_trees(self) -> TreeEnsemble:
+        """The stage head flattened for the tree kernels (set by :meth:`load`, checked)."""
+        return TreeEnsemble.from_booster(self.stage_booster)
+
+    @functools.cached_property
+    def churn_trees(self) -> TreeEnsemble:
+        """The churn head flattened for the tree kernels (set by :meth:`load`, checked)."""
+        return TreeEnsemble.from_booster(self.churn_booster)
 
     @property
     def feature_names(self) -> list[str]:
@@ -185,32 +205,136 @@ class ModelBundle:
 
     @classmethod
     def load(cls, directory: str | Path) -> ModelBundle:
-        """Read a bundle written by :meth:`save`. Only JSON and LightGBM text are read."""
+        """Read and validate a bundle written by :meth:`save`. Only JSON and text are read.
+
+        Everything is checked before a booster is built: the JSON document against
+        :class:`BundleDocument` (types, finite numbers, a positive temperature, one
+        weight per stage, ordered thresholds), each tree file by the strict reader of
+        :class:`~customer_lifecycle.scoring.trees.TreeEnsemble` (LightGBM's own parser
+        aborts the process on some malformed files; it only sees text that passed),
+        the heads' shapes against the stages and feature columns, and finally a
+        self-check: LightGBM and the flattened trees must give the same raw scores on
+        a probe. Any failure is a ``ValueError`` of one line naming the bundle.
+        """
         path = Path(directory)
         try:
-            doc = json.loads((path / BUNDLE_FILE).read_text())
-        except FileNotFoundError:
-            raise ValueError(f"{path} is not a model bundle: {BUNDLE_FILE} is missing") from None
-        if doc.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"model bundle format {doc.get('format_version')} is not supported "
-                f"(this version reads format {FORMAT_VERSION})"
+            doc = _read_document(path)
+            definition = definition_from_dict(doc.definition, source=str(path / BUNDLE_FILE))
+            stages = tuple(doc.stages)
+            features = definition.feature_names()
+            if features != doc.feature_names:
+                raise ValueError("feature names do not match the stored definition")
+            stage_booster, stage_trees = _read_head(path / STAGE_FILE, "stage", len(stages))
+            churn_booster, churn_trees = _read_head(path / CHURN_FILE, "churn", 1)
+            for head, trees in (("stage", stage_trees), ("churn", churn_trees)):
+                if trees.num_features != len(features):
+                    raise ValueError(
+                        f"the {head} head takes {trees.num_features} features, "
+                        f"the definition has {len(features)}"
+                    )
+            bundle = cls(
+                definition=definition,
+                stages=stages,
+                stage_booster=stage_booster,
+                churn_booster=churn_booster,
+                stage_temperature=doc.stage_temperature,
+                stage_weights=tuple(doc.stage_weights),
+                churn_platt=doc.churn_platt,
+                horizon_days=doc.horizon_days,
+                risk_thresholds=doc.risk_thresholds,
+                metadata=doc.metadata,
             )
-        bundle = cls(
-            definition=definition_from_dict(doc["definition"], source=str(path)),
-            stages=tuple(doc["stages"]),
-            stage_booster=lgb.Booster(model_file=str(path / STAGE_FILE)),
-            churn_booster=lgb.Booster(model_file=str(path / CHURN_FILE)),
-            stage_temperature=float(doc["stage_temperature"]),
-            stage_weights=tuple(float(w) for w in doc["stage_weights"]),
-            churn_platt=(float(doc["churn_platt"][0]), float(doc["churn_platt"][1])),
-            horizon_days=int(doc["horizon_days"]),
-            risk_thresholds=(float(doc["risk_thresholds"][0]), float(doc["risk_thresholds"][1])),
-            metadata=dict(doc.get("metadata") or {}),
-        )
-        if bundle.feature_names != list(doc["feature_names"]):
-            raise ValueError(f"{path}: feature names do not match the stored definition")
+        except ValueError as exc:
+            raise ValueError(f"model bundle {path} is refused: {exc}") from None
+        bundle.stage_trees, bundle.churn_trees = stage_trees, churn_trees
         return bundle
+
+
+class BundleDocument(BaseModel):
+    """The schema of ``bundle.json``: what :meth:`ModelBundle.load` accepts."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=False)
+
+    format_version: int
+    definition: dict[str, Any]
+    stages: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
+        min_length=2, max_length=12
+    )
+    feature_names: list[str] = Field(min_length=1)
+    stage_temperature: float = Field(gt=0)
+    stage_weights: list[Annotated[float, Field(gt=0)]]
+    churn_platt: tuple[float, float]
+    horizon_days: int = Field(ge=1)
+    risk_thresholds: tuple[float, float]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleDocument:
+        if len(set(self.stages)) != len(self.stages):
+            raise ValueError("stage names must be unique")
+        if len(self.stage_weights) != len(self.stages):
+            raise ValueError(
+                f"{len(self.stage_weights)} stage_weights for {len(self.stages)} stages"
+            )
+        low, high = self.risk_thresholds
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError("risk_thresholds must satisfy 0 <= low <= high <= 1")
+        return self
+
+
+def _read_document(path: Path) -> BundleDocument:
+    try:
+        raw = json.loads((path / BUNDLE_FILE).read_bytes())
+    except FileNotFoundError:
+        raise ValueError(f"{BUNDLE_FILE} is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{BUNDLE_FILE} is not JSON ({type(exc).__name__})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{BUNDLE_FILE} must hold a JSON object")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"format {raw.get('format_version')!r} is not supported "
+            f"(this version reads format {FORMAT_VERSION})"
+        )
+    try:
+        return BundleDocument.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = ".".join(map(str, error["loc"]))
+        where = f"{loc}: " if loc else ""
+        message = error["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{BUNDLE_FILE}: {where}{message}") from None
+
+
+def _read_head(file: Path, head: str, outputs: int) -> tuple[lgb.Booster, TreeEnsemble]:
+    """A head's booster and flattened trees, refused unless both agree on a probe."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{file.name} is missing") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{file.name} is not a LightGBM text model (not UTF-8)") from None
+    try:
+        trees = TreeEnsemble.from_text(text)
+    except ValueError as exc:
+        raise ValueError(f"{file.name}: {exc}") from None
+    if trees.num_outputs != outputs:
+        raise ValueError(f"the {head} head has {trees.num_outputs} outputs, expected {outputs}")
+    booster = lgb.Booster(model_str=text)  # only text the strict reader accepted
+    probe = tree_probe(trees.num_features)
+    expected = np.asarray(booster.predict(probe, raw_score=True), dtype=np.float64)
+    if not np.allclose(trees.raw_scores(probe), expected.reshape(len(probe), -1), atol=1e-9):
+        raise ValueError(f"the {head} head's trees do not reproduce LightGBM's scores")
+    return booster, trees
+
+
+def tree_probe(features: int) -> np.ndarray:
+    """Rows that reach many branches: spread values, zeros and missing values."""
+    rng = np.random.default_rng(0)
+    probe = rng.exponential(10.0, size=(64, features))
+    probe[rng.random(probe.shape) < 0.2] = np.nan
+    probe[0] = 0.0
+    return probe
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

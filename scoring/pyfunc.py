@@ -9,11 +9,13 @@ bundle's JSON and LightGBM text files. The input is a frame of precomputed featu
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from customer_lifecycle.scoring.bundle import ModelBundle
+import yaml
+from customer_lifecycle.scoring.bundle import BUNDLE_FILE, ModelBundle
 from mlflow.pyfunc import PythonModel
 
 BUNDLE_ARTIFACT = "bundle"
@@ -56,19 +58,43 @@ def load_bundle(model: str | Path) -> ModelBundle:
     """Load a model from a bundle directory, an MLflow model directory, or an MLflow URI.
 
     ``models:/NAME@champion``, ``models:/NAME/3`` and ``runs:/...`` are resolved against
-    :func:`default_tracking_uri`.
+    :func:`default_tracking_uri`. Every reference is read as data: the model's files are
+    downloaded into a private temporary directory (the artifact store is only read), its
+    ``MLmodel`` is parsed as YAML to find the bundle, and the bundle's JSON and LightGBM
+    text files are read. Nothing stored with the model is imported or executed, unlike
+    ``mlflow.pyfunc.load_model``, which runs the model's code file.
     """
     path = Path(str(model))
-    if (path / "bundle.json").is_file():
+    if (path / BUNDLE_FILE).is_file():
         return ModelBundle.load(path)
+    if path.is_dir():
+        return ModelBundle.load(_bundle_dir(path, str(model)))
     import mlflow
     from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(default_tracking_uri())
+    with tempfile.TemporaryDirectory(prefix="lifecycle-model-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=str(model), dst_path=tmp)
+        except MlflowException as exc:
+            raise ValueError(f"cannot load model {model}: {exc.message.splitlines()[0]}") from None
+        except OSError as exc:
+            raise ValueError(f"cannot load model {model}: {exc}") from None
+        return ModelBundle.load(_bundle_dir(Path(local), str(model)))
+
+
+def _bundle_dir(model_dir: Path, label: str) -> Path:
+    """The bundle directory of an MLflow model directory, found from its ``MLmodel`` file."""
+    mlmodel = model_dir / "MLmodel"
+    if not mlmodel.is_file():
+        raise ValueError(f"cannot load model {label}: it is neither a bundle nor an MLflow model")
     try:
-        loaded = mlflow.pyfunc.load_model(str(model))
-    except MlflowException as exc:
-        raise ValueError(f"cannot load model {model}: {exc.message.splitlines()[0]}") from None
-    except OSError as exc:
-        raise ValueError(f"cannot load model {model}: {exc}") from None
-    return bundle_of(loaded)
+        doc = yaml.safe_load(mlmodel.read_text())
+        artifacts = doc["flavors"]["python_function"]["artifacts"]
+        relative = artifacts[BUNDLE_ARTIFACT]["path"]
+    except (yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError):
+        raise ValueError(f"cannot load model {label}: it is not a lifecycle model") from None
+    bundle = (model_dir / str(relative)).resolve()
+    if not bundle.is_relative_to(model_dir.resolve()) or not bundle.is_dir():
+        raise ValueError(f"cannot load model {label}: its bundle path {relative!r} is invalid")
+    return bundle

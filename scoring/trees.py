@@ -250,7 +250,17 @@ class TreeEnsemble:
             not matching the trees, child links that do not make a tree); or when a
             tree has no row counts (the expected values need them).
         """
-        model = _read_text_model(booster.model_to_string())
+        return cls.from_text(booster.model_to_string())
+
+    @classmethod
+    def from_text(cls, text: str) -> TreeEnsemble:
+        """Flatten a LightGBM text model (a ``model.txt`` as written by ``save_model``).
+
+        The same strict reading as :meth:`from_booster`, without LightGBM: a truncated,
+        garbled or foreign file is refused with a ``ValueError`` before any C++ parser
+        sees it (LightGBM's own parser aborts the process on some malformed files).
+        """
+        model = _read_text_model(text)
         num_outputs, num_trees = model.num_outputs, len(model.trees)
         if num_trees % num_outputs:
             raise ValueError(

@@ -9,40 +9,28 @@ in-memory engine of :mod:`features.engine`, the Spark engine) reads the same
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from customer_lifecycle.features.config import read_yaml
+from customer_lifecycle.features.config_file import ConfigModel, load_config, parse_config
 from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
+from customer_lifecycle.features.messages import did_you_mean
+from pydantic import AfterValidator, Field, PositiveInt, ValidationInfo, model_validator
 
 ALL = "all"
 DAY_NS = 86_400 * 10**9
-
-_KEYS = {
-    "groups",
-    "count_windows_days",
-    "monetary_groups",
-    "monetary_windows_days",
-    "trend",
-    "active_days_windows_days",
-    "funnel_levels",
-    "funnel_windows_days",
-    "last_active_windows_days",
-    "last_active_by_event_type",
-    "purchase_group",
-    "extra_event_types",
-}
 
 
 @dataclass(frozen=True)
 class FeatureDefinition:
     """Everything that decides which features are built and how they are named.
 
-    Build one with :func:`load_definition`; the constructor checks consistency.
+    Build one with :func:`load_definition`; the constructor checks consistency against
+    :class:`DefinitionFile` and raises a one-line ``ValueError``.
     """
 
     groups: dict[str, tuple[str, ...]]
@@ -60,43 +48,9 @@ class FeatureDefinition:
     extra_event_types: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        known = set(CANONICAL_EVENT_TYPES) | set(self.extra_event_types)
-        if ALL in self.groups:
-            raise ValueError(f"group name {ALL!r} is reserved for every event")
-        for name, types in self.groups.items():
-            if not name.isidentifier():
-                raise ValueError(f"group name {name!r} must be letters, digits and underscores")
-            for t in types:
-                _check_event_type(t, known, where=f"group {name!r}")
-        for level, types in self.funnel_levels.items():
-            if level < 1:
-                raise ValueError(f"funnel level {level} must be 1 or more")
-            for t in types:
-                _check_event_type(t, known, where=f"funnel level {level}")
-        for g in (*self.monetary_groups, self.purchase_group):
-            if g not in self.groups:
-                raise ValueError(_unknown("group", g, list(self.groups)))
-        windows = (
-            *self.count_windows_days,
-            *self.monetary_windows_days,
-            *self.active_days_windows_days,
-            *self.funnel_windows_days,
-            *self.last_active_windows_days,
-        )
-        if any(w <= 0 for w in windows):
-            raise ValueError("every window must be a positive number of days")
-        for key in (
-            "count_windows_days",
-            "monetary_windows_days",
-            "active_days_windows_days",
-            "funnel_windows_days",
-            "last_active_windows_days",
-        ):
-            ws = getattr(self, key)
-            if list(ws) != sorted(set(ws)):
-                raise ValueError(f"{key} must list distinct windows in increasing order")
-        if not 0 < self.trend_recent_days < self.trend_baseline_days:
-            raise ValueError("trend needs 0 < recent_days < baseline_days")
+        # The rules live in one place, the file's model: a definition built in Python
+        # is checked exactly as one read from YAML.
+        parse_config(DefinitionFile, self.to_dict(), source="feature definition")
 
     # -- derived layout, shared by every engine ---------------------------------------
     @property
@@ -242,65 +196,109 @@ class FeatureDefinition:
         }
 
 
+def _group_name(name: str) -> str:
+    if name == ALL:
+        raise ValueError(f"{ALL!r} is reserved for every event")
+    if not name.isidentifier():
+        raise ValueError(f"{name!r} must be letters, digits and underscores")
+    return name
+
+
+def _known_event_type(name: str, info: ValidationInfo) -> str:
+    known = (*CANONICAL_EVENT_TYPES, *info.data.get("extra_event_types", ()))
+    if name not in known:
+        raise ValueError(f"names unknown event type {name!r}{did_you_mean(name, known)}")
+    return name
+
+
+def _known_group(name: str, info: ValidationInfo) -> str:
+    groups = info.data.get("groups")
+    if groups is not None and name not in groups:
+        raise ValueError(f"names unknown group {name!r}{did_you_mean(name, groups)}")
+    return name
+
+
+def _increasing(windows: list[int]) -> list[int]:
+    if windows != sorted(set(windows)):
+        raise ValueError("must list distinct windows in increasing order")
+    return windows
+
+
+GroupName = Annotated[str, AfterValidator(_group_name)]
+#: A canonical event type, or one listed in ``extra_event_types``.
+EventTypeName = Annotated[str, AfterValidator(_known_event_type)]
+#: The name of a group of ``groups``.
+GroupRef = Annotated[str, AfterValidator(_known_group)]
+#: Trailing windows in days: positive, distinct, increasing (the prefix sums need it).
+Windows = Annotated[list[PositiveInt], AfterValidator(_increasing)]
+
+
+class Trend(ConfigModel):
+    """Events per day in the last ``recent_days`` against the days before, to ``baseline_days``."""
+
+    recent_days: PositiveInt = 30
+    baseline_days: PositiveInt = 90
+
+    @model_validator(mode="after")
+    def _recent_inside_baseline(self) -> Trend:
+        if not self.recent_days < self.baseline_days:
+            raise ValueError("needs 0 < recent_days < baseline_days")
+        return self
+
+
+class DefinitionFile(ConfigModel):
+    """The feature definition's YAML layout (``features/config/definition.yaml``).
+
+    Fields are checked in this order, so the event types and groups that later fields
+    name are known when those are checked.
+    """
+
+    extra_event_types: list[str] = Field(default_factory=list)
+    groups: Annotated[dict[GroupName, list[EventTypeName]], Field(min_length=1)]
+    count_windows_days: Windows = [7, 30, 90, 365]
+    monetary_groups: list[GroupRef] = Field(default_factory=list)
+    monetary_windows_days: Windows = [30, 90, 365]
+    trend: Trend = Trend()
+    active_days_windows_days: Windows = [7, 30, 90]
+    funnel_levels: dict[PositiveInt, list[EventTypeName]] = Field(default_factory=dict)
+    funnel_windows_days: Windows = [30]
+    last_active_windows_days: Windows = [1, 3, 7, 30]
+    last_active_by_event_type: bool = True
+    purchase_group: GroupRef = Field("purchase", validate_default=True)
+
+    def to_definition(self) -> FeatureDefinition:
+        """The :class:`FeatureDefinition` this file describes."""
+        return FeatureDefinition(
+            groups={g: tuple(types) for g, types in self.groups.items()},
+            count_windows_days=tuple(self.count_windows_days),
+            monetary_groups=tuple(self.monetary_groups),
+            monetary_windows_days=tuple(self.monetary_windows_days),
+            trend_recent_days=self.trend.recent_days,
+            trend_baseline_days=self.trend.baseline_days,
+            active_days_windows_days=tuple(self.active_days_windows_days),
+            funnel_levels={level: tuple(types) for level, types in self.funnel_levels.items()},
+            funnel_windows_days=tuple(self.funnel_windows_days),
+            last_active_windows_days=tuple(self.last_active_windows_days),
+            last_active_by_event_type=self.last_active_by_event_type,
+            purchase_group=self.purchase_group,
+            extra_event_types=tuple(self.extra_event_types),
+        )
+
+
 def definition_from_dict(data: Any, *, source: str = "definition") -> FeatureDefinition:
     """Build a :class:`FeatureDefinition` from the YAML layout, with one-line errors."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{source} must be a mapping of settings")
-    for key in data:
-        if key not in _KEYS:
-            raise ValueError(f"{source}: {_unknown('setting', key, sorted(_KEYS))}")
-    groups = data.get("groups")
-    if not isinstance(groups, dict) or not groups:
-        raise ValueError(f"{source}: 'groups' must map group names to event types")
-    trend = data.get("trend") or {}
-    if not isinstance(trend, dict) or set(trend) - {"recent_days", "baseline_days"}:
-        raise ValueError(f"{source}: 'trend' takes recent_days and baseline_days")
-    try:
-        return FeatureDefinition(
-            groups={str(g): tuple(str(t) for t in (ts or [])) for g, ts in groups.items()},
-            count_windows_days=_ints(data.get("count_windows_days", [7, 30, 90, 365])),
-            monetary_groups=tuple(str(g) for g in data.get("monetary_groups", [])),
-            monetary_windows_days=_ints(data.get("monetary_windows_days", [30, 90, 365])),
-            trend_recent_days=int(trend.get("recent_days", 30)),
-            trend_baseline_days=int(trend.get("baseline_days", 90)),
-            active_days_windows_days=_ints(data.get("active_days_windows_days", [7, 30, 90])),
-            funnel_levels={
-                int(k): tuple(str(t) for t in v)
-                for k, v in (data.get("funnel_levels") or {}).items()
-            },
-            funnel_windows_days=_ints(data.get("funnel_windows_days", [30])),
-            last_active_windows_days=_ints(data.get("last_active_windows_days", [1, 3, 7, 30])),
-            last_active_by_event_type=bool(data.get("last_active_by_event_type", True)),
-            purchase_group=str(data.get("purchase_group", "purchase")),
-            extra_event_types=tuple(str(t) for t in data.get("extra_event_types") or []),
-        )
-    except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from None
-    except TypeError as exc:
-        raise ValueError(f"{source}: a setting has the wrong shape ({exc})") from None
+    return parse_config(DefinitionFile, data, source=source).to_definition()
 
 
 def load_definition(path: str | Path | None = None) -> FeatureDefinition:
-    """Load a definition YAML file; ``None`` loads the shipped default."""
-    data, source = read_yaml(
-        path,
-        package="customer_lifecycle.features.config",
-        default="definition.yaml",
-        what="feature definition",
-    )
-    return definition_from_dict(data, source=source)
+    """Load a definition YAML file; ``None`` loads the shipped default.
 
-
-def _ints(values: Any) -> tuple[int, ...]:
-    return tuple(int(v) for v in values)
-
-
-def _unknown(kind: str, name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown {kind} {name!r}{hint}"
-
-
-def _check_event_type(name: str, known: set[str], *, where: str) -> None:
-    if name not in known:
-        raise ValueError(f"{where}: {_unknown('event type', name, sorted(known))}")
+    Raises
+    ------
+    ValueError
+        One line naming the file, the setting and the problem (with the closest name
+        for a misspelt setting, event type or group).
+    """
+    shipped = resources.files("customer_lifecycle.features.config") / "definition.yaml"
+    spec, _ = load_config(DefinitionFile, path, what="feature definition", default=shipped)
+    return spec.to_definition()

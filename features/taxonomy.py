@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
-from customer_lifecycle.features.config import read_yaml
+from customer_lifecycle.features.config_file import ConfigModel, load_config
+from customer_lifecycle.features.messages import did_you_mean
+from pydantic import Field
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,11 @@ class Taxonomy:
                 return stage
         if key in self.synonyms:
             return self.synonyms[key]
+        hint = did_you_mean(key, [s.lower() for s in self.stages] + list(self.synonyms))
         raise ValueError(
             f"unknown stage {name!r}; known stages are {', '.join(self.stages)}"
             + (f" (synonyms: {', '.join(sorted(self.synonyms))})" if self.synonyms else "")
+            + hint
         )
 
     def index(self, stage: str) -> int:
@@ -50,28 +56,33 @@ class Taxonomy:
         return self.stages.index(self.normalise(stage))
 
 
+class StageEntry(ConfigModel):
+    """One stage of a taxonomy file, and the other names a label file may use for it."""
+
+    name: str
+    synonyms: list[str] = Field(default_factory=list)
+
+
+class TaxonomyFile(ConfigModel):
+    """The taxonomy's YAML layout: ``stages: [{name: ..., synonyms: [...]}, ...]``."""
+
+    stages: Annotated[list[StageEntry], Field(min_length=1)]
+
+
 def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
     """Load a taxonomy YAML file; ``None`` loads the shipped default.
 
     The file holds ``stages: [{name: ..., synonyms: [...]}, ...]`` in funnel order.
+
+    Raises
+    ------
+    ValueError
+        One line naming the file, the place in it and the problem.
     """
-    data, source = read_yaml(
-        path, package="customer_lifecycle.features.config", default="stages.yaml", what="taxonomy"
-    )
-    data = data or {}
-    entries = data.get("stages") if isinstance(data, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{source} must hold a non-empty 'stages' list")
-    names: list[str] = []
-    synonyms: dict[str, str] = {}
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise ValueError(f"{source}: stages[{i}] needs a 'name'")
-        unknown = set(entry) - {"name", "synonyms"}
-        if unknown:
-            raise ValueError(f"{source}: stages[{i}] has unknown key {sorted(unknown)[0]!r}")
-        name = str(entry["name"])
-        names.append(name)
-        for syn in entry.get("synonyms") or []:
-            synonyms[str(syn).lower()] = name
-    return Taxonomy(stages=tuple(names), synonyms=synonyms)
+    shipped = resources.files("customer_lifecycle.features.config") / "stages.yaml"
+    spec, source = load_config(TaxonomyFile, path, what="taxonomy", default=shipped)
+    synonyms = {syn.lower(): entry.name for entry in spec.stages for syn in entry.synonyms}
+    try:
+        return Taxonomy(stages=tuple(entry.name for entry in spec.stages), synonyms=synonyms)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None

@@ -118,14 +118,39 @@ class ModelBundle:
     def stage_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated stage probabilities, shape ``(n, len(stages))``."""
         raw = self.stage_booster.predict(X, raw_score=True)
-        logits = np.asarray(raw, dtype=np.float64).reshape(len(X), len(self.stages))
-        return softmax(logits / self.stage_temperature)
+        return self.stage_proba_from_raw(np.asarray(raw).reshape(len(X), len(self.stages)))
 
     def churn_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated probability of no qualifying activity within the horizon."""
         margin = np.asarray(self.churn_booster.predict(X, raw_score=True), dtype=np.float64)
+        return self.churn_proba_from_margin(margin)
+
+    # -- calibration: the one place that knows how raw scores become probabilities ---------
+    def stage_proba_from_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated stage probabilities from the stage head's raw scores ``(n, stages)``.
+
+        Code that evaluates the trees itself (the HTTP server does) calibrates here.
+        """
+        return softmax(np.asarray(raw, dtype=np.float64) / self.stage_temperature)
+
+    def churn_proba_from_margin(self, margin: np.ndarray) -> np.ndarray:
+        """Calibrated churn probabilities from the churn head's raw margins ``(n,)``."""
         a, b = self.churn_platt
-        return sigmoid(a * margin + b)
+        return sigmoid(a * np.asarray(margin, dtype=np.float64) + b)
+
+    def stage_logit_contributions(self, contributions: np.ndarray) -> np.ndarray:
+        """Feature contributions to raw stage scores, as contributions to calibrated logits.
+
+        :meth:`stage_proba_from_raw` divides each logit by the temperature, so each
+        additive part of it is divided too.
+        """
+        return np.asarray(contributions, dtype=np.float64) / self.stage_temperature
+
+    def churn_logit_contributions(self, contributions: np.ndarray) -> np.ndarray:
+        """Feature contributions to raw churn margins, as contributions to the calibrated
+        logit of :meth:`churn_proba_from_margin`: scaled by the Platt slope (the intercept
+        belongs to no feature)."""
+        return np.asarray(contributions, dtype=np.float64) * self.churn_platt[0]
 
     def risk_band(self, p: np.ndarray) -> np.ndarray:
         """``low`` / ``medium`` / ``high`` for each churn probability."""

@@ -9,21 +9,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
-import yaml
+from customer_lifecycle.features.config_file import ConfigModel, load_config
 from customer_lifecycle.scoring.bundle import RISK_BANDS
+from pydantic import AfterValidator, Field
 
 ANY = "any"
-_TOP_KEYS = ("default", "stages")
 
 
-@dataclass(frozen=True)
-class Action:
-    """One playbook entry."""
+class Action(ConfigModel):
+    """One playbook entry: a stable id a CRM can route on, and a description for people."""
 
     action: str
-    description: str
+    description: str = ""
+
+
+def _band(name: str) -> str:
+    if name != ANY and name not in RISK_BANDS:
+        raise ValueError(f"{name!r} is not a risk band ({ANY}, {', '.join(RISK_BANDS)})")
+    return name
+
+
+#: Risk band (or ``any``, every band) -> action.
+Bands = dict[Annotated[str, AfterValidator(_band)], Action]
+
+
+class PlaybookFile(ConfigModel):
+    """The playbook's YAML layout (``serving/config/playbook.yaml``)."""
+
+    default: Bands = Field(default_factory=dict)
+    stages: dict[str, Bands] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,49 +90,8 @@ def load_playbook(path: str | Path | None = None) -> Playbook:
     Raises
     ------
     ValueError
-        With one line naming the file and the problem.
+        With one line naming the file, the place in it and the problem.
     """
-    if path is None:
-        text = (
-            resources.files("customer_lifecycle.serving.config")
-            .joinpath("playbook.yaml")
-            .read_text()
-        )
-        source = "shipped playbook"
-    else:
-        source = f"playbook {path}"
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read {source}: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{source} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{source} must be a mapping with the keys {', '.join(_TOP_KEYS)}")
-    for key in data:
-        if key not in _TOP_KEYS:
-            raise ValueError(f"{source}: unknown key {key!r} (keys: {', '.join(_TOP_KEYS)})")
-    default = _bands(data.get("default") or {}, f"{source}: default")
-    stages_doc = data.get("stages") or {}
-    if not isinstance(stages_doc, dict):
-        raise ValueError(f"{source}: 'stages' must map stage names to bands")
-    stages = {str(s): _bands(v, f"{source}: stages.{s}") for s, v in stages_doc.items()}
-    return Playbook(default=default, stages=stages, source=source)
-
-
-def _bands(doc: Any, where: str) -> dict[str, Action]:
-    if not isinstance(doc, dict):
-        raise ValueError(f"{where} must map risk bands (any, {', '.join(RISK_BANDS)}) to actions")
-    out: dict[str, Action] = {}
-    for band, entry in doc.items():
-        if band != ANY and band not in RISK_BANDS:
-            raise ValueError(f"{where}: {band!r} is not a risk band (any, {', '.join(RISK_BANDS)})")
-        if not isinstance(entry, dict) or not isinstance(entry.get("action"), str):
-            raise ValueError(f"{where}.{band} needs an 'action' name and a 'description'")
-        extra = set(entry) - {"action", "description"}
-        if extra:
-            raise ValueError(f"{where}.{band}: unknown key {sorted(extra)[0]!r}")
-        out[str(band)] = Action(str(entry["action"]), str(entry.get("description", "")))
-    return out
+    shipped = resources.files("customer_lifecycle.serving.config") / "playbook.yaml"
+    spec, source = load_config(PlaybookFile, path, what="playbook", default=shipped)
+    return Playbook(default=dict(spec.default), stages=dict(spec.stages), source=source)

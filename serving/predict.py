@@ -1,16 +1,18 @@
 """Scoring inside the server: a loaded model with everything precomputed, and the hot path.
 
 :class:`ServedModel` is built once per model load (feature names and descriptions,
-calibration constants, the playbook resolved to a lookup table, event-type codes) and
-never changes afterwards, so a request that captured one keeps a consistent model even
-while a newer one is swapped in.
+stage weights, the playbook resolved to a lookup table, event-type codes) and never
+changes afterwards, so a request that captured one keeps a consistent model even while
+a newer one is swapped in.
 
 Per request, events become NumPy arrays in one pass over the parsed body and the
 feature engine's array entry point (:func:`features.engine.feature_matrix`, no pandas)
 runs once for all customers. Both heads are then evaluated by
 :class:`scoring.trees.TreeEnsemble`, the boosters flattened at load into arrays walked
 by compiled kernels (checked at load to reproduce LightGBM's raw scores): every stage's
-raw score, then the reasons of the predicted stage and of churn. Reasons are path
+raw score, then the reasons of the predicted stage and of churn; the bundle turns raw
+scores into calibrated probabilities (:meth:`scoring.bundle.ModelBundle.stage_proba_from_raw`
+and ``churn_proba_from_margin``), the one place that does. Reasons are path
 attributions by default (one walk per tree) or, with ``reasons_method="treeshap"``,
 LightGBM's exact TreeSHAP, run only for the predicted stage on a booster holding that
 stage's trees alone (:func:`serving.reasons.split_multiclass`). Everything runs on one
@@ -29,7 +31,7 @@ import numba
 import numpy as np
 from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
 from customer_lifecycle.features.engine import feature_matrix
-from customer_lifecycle.scoring.bundle import ModelBundle, sigmoid, softmax
+from customer_lifecycle.scoring.bundle import ModelBundle
 from customer_lifecycle.scoring.trees import TreeEnsemble
 from customer_lifecycle.serving.playbook import Playbook
 from customer_lifecycle.serving.reasons import split_multiclass, top_contributions
@@ -196,8 +198,7 @@ class ServedModel:
         """Scores, reasons and actions for a feature matrix in :attr:`feature_names` order."""
         n, f = X.shape
         bundle = self.bundle
-        inv_t = 1.0 / bundle.stage_temperature
-        proba = softmax(self._stage_trees.raw_scores(X) * inv_t)
+        proba = bundle.stage_proba_from_raw(self._stage_trees.raw_scores(X))
         pick = np.argmax(proba * self._stage_weights, axis=1)
         if self.reasons_method == "path":
             stage_c = self._stage_trees.path_contributions(X, pick)
@@ -212,12 +213,12 @@ class ServedModel:
                 bundle.churn_booster.predict(X, pred_contrib=True, num_threads=1),
                 dtype=np.float64,
             ).reshape(n, f + 1)
-        stage_contrib = stage_c[:, :f] * inv_t
-        # The churn contributions sum to the raw margin; calibration is then the bundle's.
-        a, b = bundle.churn_platt
-        churn = sigmoid(a * churn_c.sum(axis=1) + b)
+        # The calibration is the bundle's. The churn contributions sum to the raw margin,
+        # and the contributions of both heads are reported on the calibrated logit scale.
+        churn = bundle.churn_proba_from_margin(churn_c.sum(axis=1))
         bands = bundle.risk_band(churn)
-        churn_contrib = churn_c[:, :f] * a
+        stage_contrib = bundle.stage_logit_contributions(stage_c[:, :f])
+        churn_contrib = bundle.churn_logit_contributions(churn_c[:, :f])
         top_stage = top_contributions(stage_contrib, self.reasons)
         top_churn = top_contributions(churn_contrib, self.reasons)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from customer_lifecycle.features.events import one_line
+from customer_lifecycle.features.messages import one_line
 from customer_lifecycle.scoring.bundle import BUNDLE_FILE, ModelBundle
 from customer_lifecycle.scoring.pyfunc import default_tracking_uri, load_bundle
 from customer_lifecycle.serving.metrics import Metrics

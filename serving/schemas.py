@@ -13,12 +13,12 @@ from the OpenAPI document, or a fuzzer, knows what is accepted.
 
 from __future__ import annotations
 
-import difflib
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
+from customer_lifecycle.features.messages import did_you_mean
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -89,8 +89,7 @@ def _event_type(value: str) -> str:
     if not name:
         raise ValueError("missing_event_type: event_type is blank")
     if name not in _EVENT_TYPES:
-        close = difflib.get_close_matches(name, CANONICAL_EVENT_TYPES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, CANONICAL_EVENT_TYPES)
         raise ValueError(f"unknown_event_type: {name!r} is not a canonical event type{hint}")
     return name
 

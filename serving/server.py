@@ -40,7 +40,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 if TYPE_CHECKING:
-    from customer_lifecycle.serving.app import ServerState
+    from customer_lifecycle.serving.routes.deps import ServerState
     from fastapi import FastAPI
 
 # serving.app (FastAPI, the scoring code) is imported where it is used: a worker unpickles

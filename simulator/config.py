@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES, MONETARY_EVENT_TYPES
-from customer_lifecycle.features.events import one_line
+from customer_lifecycle.features.messages import one_line
 from customer_lifecycle.features.taxonomy import load_taxonomy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 

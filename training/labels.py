@@ -5,15 +5,19 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from customer_lifecycle.features.config import read_yaml
+from customer_lifecycle.features.config_file import ConfigModel, load_config
 from customer_lifecycle.features.contract import CUSTOMER_ID, parse_as_of, parse_timestamps
 from customer_lifecycle.features.definition import DAY_NS, FeatureDefinition
 from customer_lifecycle.features.engine import build_features
+from customer_lifecycle.features.messages import did_you_mean
 from customer_lifecycle.features.taxonomy import Taxonomy
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo
 
 _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "<": operator.lt,
@@ -111,33 +115,78 @@ class Rulebook:
         }
 
 
+def _three_parts(value: Any) -> Any:
+    if not (isinstance(value, list | tuple) and len(value) == 3):
+        raise ValueError(f"must be [feature, op, number] with op one of {' '.join(_OPS)}")
+    return value
+
+
+def _known_feature(
+    condition: tuple[str, str, float], info: ValidationInfo
+) -> tuple[str, str, float]:
+    columns = (info.context or {}).get("features")
+    feature = condition[0]
+    if columns is not None and feature not in columns:
+        raise ValueError(f"names unknown feature {feature!r}{did_you_mean(feature, columns)}")
+    return condition
+
+
+def _known_stage(name: str, info: ValidationInfo) -> str:
+    taxonomy: Taxonomy | None = (info.context or {}).get("taxonomy")
+    if taxonomy is None:
+        return name
+    try:
+        return taxonomy.normalise(name)
+    except ValueError as exc:
+        raise ValueError(f"names {exc}") from None
+
+
+#: ``[feature, op, number]``: the feature column compared with a number.
+Condition = Annotated[
+    tuple[str, Literal["<", "<=", ">", ">=", "==", "!="], float],
+    BeforeValidator(_three_parts),
+    AfterValidator(_known_feature),
+]
+#: A stage name or synonym of the taxonomy, read as its canonical stage.
+Stage = Annotated[str, AfterValidator(_known_stage)]
+
+
+class Rule(ConfigModel):
+    """One rule: the stage given when every condition holds."""
+
+    stage: Stage
+    when: list[Condition] = Field(default_factory=list)
+
+
+class RulebookFile(ConfigModel):
+    """The rulebook's YAML layout (``training/config/rulebook.yaml``).
+
+    Validated with the context ``{"features": ..., "taxonomy": ...}``: the feature
+    columns the conditions may name and the taxonomy the stages come from.
+    """
+
+    rules: list[Rule]
+    default: Stage | None = None
+
+
 def load_rulebook(
     path: str | Path | None = None, *, taxonomy: Taxonomy, definition: FeatureDefinition
 ) -> Rulebook:
-    """Load a rulebook YAML (``None``: the shipped one), checked against the feature names."""
-    data, source = read_yaml(
-        path, package="customer_lifecycle.training.config", default="rulebook.yaml", what="rulebook"
+    """Load a rulebook YAML (``None``: the shipped one), checked against the feature names.
+
+    Raises
+    ------
+    ValueError
+        One line naming the file, the rule and the problem: an unknown feature (with the
+        closest name), an unknown stage, or a condition that is not ``[feature, op, number]``.
+    """
+    shipped = resources.files("customer_lifecycle.training.config") / "rulebook.yaml"
+    context = {"features": definition.feature_names(), "taxonomy": taxonomy}
+    spec, _ = load_config(RulebookFile, path, what="rulebook", default=shipped, context=context)
+    return Rulebook(
+        rules=tuple((rule.stage, tuple(rule.when)) for rule in spec.rules),
+        default=spec.default or taxonomy.stages[0],
     )
-    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
-        raise ValueError(f"{source} must hold a 'rules' list and a 'default' stage")
-    columns = set(definition.feature_names())
-    rules = []
-    for i, rule in enumerate(data["rules"]):
-        if not isinstance(rule, dict) or "stage" not in rule:
-            raise ValueError(f"{source}: rules[{i}] needs a 'stage'")
-        conds = []
-        for cond in rule.get("when") or []:
-            if not (isinstance(cond, list) and len(cond) == 3 and cond[1] in _OPS):
-                raise ValueError(
-                    f"{source}: rules[{i}] condition {cond!r} must be [feature, op, number] "
-                    f"with op one of {' '.join(_OPS)}"
-                )
-            if cond[0] not in columns:
-                raise ValueError(f"{source}: rules[{i}] uses unknown feature {cond[0]!r}")
-            conds.append((str(cond[0]), str(cond[1]), float(cond[2])))
-        rules.append((taxonomy.normalise(rule["stage"]), tuple(conds)))
-    default = taxonomy.normalise(str(data.get("default", taxonomy.stages[0])))
-    return Rulebook(rules=tuple(rules), default=default)
 
 
 def churn_labels(

@@ -3,7 +3,9 @@
 Every function returns plain ``float`` values (keyed by metric name where it returns a
 dict) so the result can go straight to ``mlflow.log_metrics``. Undefined values (an
 AUC with one class only, precision of a class never predicted) are ``nan``, not
-exceptions.
+exceptions. The standard scores come from :mod:`sklearn.metrics`, with ``labels=`` and
+``zero_division=`` set so absent classes stay in the output as ``nan``; calibration
+and lift, which scikit-learn does not score this way, are computed here.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 __all__ = [
     "calibration_bins",
@@ -111,24 +121,20 @@ def stage_metrics(
     else:
         pred, _, _ = _multiclass_inputs(y_pred, prob, names)
 
-    k = len(names)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y, pred), 1)
-    tp = np.diag(confusion).astype(np.float64)
-    support = confusion.sum(axis=1).astype(np.float64)
-    predicted = confusion.sum(axis=0).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, np.nan)
-        recall = np.where(support > 0, tp / support, np.nan)
-        # 2tp / (2tp + fp + fn): defined whenever the class occurs in y_true or y_pred
-        denom = support + predicted
-        f1 = np.where(denom > 0, 2 * tp / denom, np.nan)
-
-    p_true = np.clip(prob[np.arange(y.size), y], EPS, 1.0)
+    # Labels are column indices; passing every one of them keeps a row per class even
+    # when it is absent, and zero_division=nan makes its undefined ratios nan (not 0).
+    labels = np.arange(len(names))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, pred, labels=labels, zero_division=np.nan
+    )
+    # Clipped here: scikit-learn clips at the float64 epsilon, not at EPS. It refuses a
+    # single class, where every (renormalised) probability is 1 and the loss is 0.
+    loss = log_loss(y, np.clip(prob, EPS, 1.0), labels=labels) if len(names) > 1 else 0.0
     out: dict[str, float] = {
-        "accuracy": float(tp.sum() / y.size),
-        "macro_f1": float(np.nanmean(f1)),
-        "log_loss": float(-np.mean(np.log(p_true))),
+        "accuracy": float(accuracy_score(y, pred)),
+        # No labels=: the macro mean runs over the classes seen in y_true or y_pred.
+        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=np.nan)),
+        "log_loss": float(loss),
     }
     for i, name in enumerate(names):
         out[f"f1_{name}"] = float(f1[i])
@@ -256,14 +262,13 @@ def churn_metrics(y_true: ArrayLike, p: ArrayLike) -> dict[str, float]:
     """
     y, pp = _binary_inputs(y_true, p)
     two_classes = 0 < y.sum() < y.size
-    q = np.clip(pp, EPS, 1 - EPS)
     return {
         "roc_auc": float(roc_auc_score(y, pp)) if two_classes else math.nan,
         "pr_auc": float(average_precision_score(y, pp)) if two_classes else math.nan,
-        "brier": float(np.mean((pp - y) ** 2)),
+        "brier": float(brier_score_loss(y, pp, pos_label=1)),
         "ece": expected_calibration_error(y, pp, strategy="uniform"),
         "ece_quantile": expected_calibration_error(y, pp, strategy="quantile"),
         "lift_top_decile": lift_at(y, pp, fraction=0.1),
-        "log_loss": float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q))),
+        "log_loss": float(log_loss(y, np.clip(pp, EPS, 1 - EPS), labels=[0.0, 1.0])),
         "base_rate": float(y.mean()),
     }

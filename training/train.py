@@ -3,12 +3,12 @@
 :func:`train` is what ``lifecycle train`` and the MLproject's ``train`` entry point
 call. Everything a run decides is logged to MLflow: the configuration as params, a
 data summary, metrics per head and per class for the model and every baseline (and
-the oracle's on simulated data), plots, and the model, once, as a pyfunc.
+those of reference predictions, such as the simulator's oracle, when the caller gives
+them), plots, and the model, once, as a pyfunc.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,13 +18,14 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from customer_lifecycle.features.contract import CUSTOMER_ID, parse_as_of
+from customer_lifecycle.features.contract import CUSTOMER_ID, parse_as_of, parse_timestamps
 from customer_lifecycle.features.definition import FeatureDefinition, load_definition
 from customer_lifecycle.features.engine import build_features
-from customer_lifecycle.features.events import load_events, load_mapping
+from customer_lifecycle.features.events import load_events
+from customer_lifecycle.features.mapping import load_mapping
 from customer_lifecycle.features.taxonomy import Taxonomy, load_taxonomy
 from customer_lifecycle.scoring.bundle import ModelBundle
-from customer_lifecycle.scoring.pyfunc import BUNDLE_ARTIFACT, MODEL_CODE, bundle_of
+from customer_lifecycle.scoring.pyfunc import BUNDLE_ARTIFACT, MODEL_CODE, load_bundle
 from customer_lifecycle.training import btyd, metrics, models, plots, tracking
 from customer_lifecycle.training.labels import (
     Rulebook,
@@ -33,6 +34,7 @@ from customer_lifecycle.training.labels import (
     load_labels,
     load_rulebook,
 )
+from customer_lifecycle.training.model_env import model_environment
 from mlflow.models import infer_signature
 
 Say = Callable[[str], None]
@@ -96,6 +98,7 @@ def train(
     register: str | None = None,
     promote_if_better: bool = False,
     experiment: str = tracking.DEFAULT_EXPERIMENT,
+    oracle_predictions: pd.DataFrame | None = None,
     say: Say = print,
 ) -> TrainResult:
     """Train both heads on an event log and log the run to MLflow.
@@ -113,6 +116,12 @@ def train(
         Register the model under this name. ``promote_if_better`` then moves the
         ``champion`` alias to the new version if it beats the current champion on this
         run's validation examples (or if there is no champion yet).
+    oracle_predictions
+        The best predictions known for this log (on simulated data, the Bayes-optimal
+        oracle's): ``customer_id``, ``as_of``, and ``p_<stage>`` for every stage and/or
+        ``churn_probability``. Their scores on the validation examples are logged as
+        ``oracle_*`` beside the model's, with the model's ratio / gap to them; see
+        :func:`oracle_metrics`.
     """
     config = config or TrainConfig()
     taxonomy = load_taxonomy(taxonomy_path)
@@ -186,15 +195,16 @@ def train(
     scores = evaluate_bundle(bundle, valid_ex, taxonomy)
     baseline_scores = baselines(train_ex, valid_ex, taxonomy, rulebook, config)
     all_metrics = {**_prefixed("valid", scores.metrics), **baseline_scores.metrics}
-    oracle = oracle_metrics(Path(events_path), events, valid_ex, taxonomy, config)
-    if oracle:
-        all_metrics.update(oracle)
-        all_metrics["ratio_stage_macro_f1_to_oracle"] = (
-            all_metrics["valid_stage_macro_f1"] / all_metrics["oracle_stage_macro_f1"]
-        )
-        all_metrics["gap_churn_roc_auc_to_oracle"] = (
-            all_metrics["oracle_churn_roc_auc"] - all_metrics["valid_churn_roc_auc"]
-        )
+    if oracle_predictions is not None:
+        all_metrics.update(oracle_metrics(oracle_predictions, valid_ex, taxonomy, say=say))
+        if "oracle_stage_macro_f1" in all_metrics:
+            all_metrics["ratio_stage_macro_f1_to_oracle"] = (
+                all_metrics["valid_stage_macro_f1"] / all_metrics["oracle_stage_macro_f1"]
+            )
+        if "oracle_churn_roc_auc" in all_metrics:
+            all_metrics["gap_churn_roc_auc_to_oracle"] = (
+                all_metrics["oracle_churn_roc_auc"] - all_metrics["valid_churn_roc_auc"]
+            )
 
     summary = {
         "events": load_summary.to_dict(),
@@ -430,50 +440,62 @@ def bgnbd_churn(train_ex: Examples, valid_ex: Examples, config: TrainConfig) -> 
 
 
 def oracle_metrics(
-    events_path: Path,
-    events: pd.DataFrame,
+    predictions: pd.DataFrame,
     valid_ex: Examples,
     taxonomy: Taxonomy,
-    config: TrainConfig,
+    *,
+    say: Say = print,
 ) -> dict[str, float]:
-    """The Bayes-optimal scores on the validation examples, when the log was simulated.
+    """Scores of reference predictions on the validation examples, prefixed ``oracle_``.
 
-    The simulator's ``metadata.json`` beside the events holds the scenario; for any
-    other log this returns nothing.
+    ``predictions`` holds ``customer_id``, ``as_of`` and ``p_<stage>`` for every stage
+    of the taxonomy (scored as ``oracle_stage_*``) and/or ``churn_probability`` (scored
+    as ``oracle_churn_*``). Only validation examples with a prediction for every used
+    column are scored; their share is ``oracle_coverage``.
+
+    Raises
+    ------
+    ValueError
+        When a key column is missing, a key repeats, or there is neither a complete set
+        of stage columns nor ``churn_probability``.
     """
-    meta_path = (events_path if events_path.is_dir() else events_path.parent) / "metadata.json"
-    if not meta_path.is_file():
-        return {}
-    meta = json.loads(meta_path.read_text())
-    if meta.get("generator") != "simulator" or config.qualifying != "any":
-        return {}
-    from customer_lifecycle.simulator.config import scenario_from_dict
-    from customer_lifecycle.simulator.oracle import posterior
-
-    scenario = scenario_from_dict(meta["parameters"], source=str(meta_path))
-    if list(scenario.stages) != list(taxonomy.stages):
-        return {}
-    parts = []
-    for when in sorted(valid_ex.keys["as_of"].unique()):
-        post = posterior(events, scenario, when, horizon_days=config.horizon_days)
-        parts.append(post.assign(as_of=pd.Timestamp(when)))
-    post = pd.concat(parts, ignore_index=True)
-    post[CUSTOMER_ID] = post[CUSTOMER_ID].astype(str)
-    post["as_of"] = pd.to_datetime(post["as_of"], utc=True).astype("datetime64[ns, UTC]")
-    keys = valid_ex.keys.assign(as_of=valid_ex.keys["as_of"].astype("datetime64[ns, UTC]"))
-    joined = keys.merge(post, on=[CUSTOMER_ID, "as_of"], how="left")
-    proba = joined[[f"p_{s}" for s in taxonomy.stages]].to_numpy()
-    ok = ~np.isnan(proba).any(axis=1) & ~joined["churn_probability"].isna().to_numpy()
+    missing = [c for c in (CUSTOMER_ID, "as_of") if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"oracle predictions have no {missing[0]!r} column")
     classes = list(taxonomy.stages)
-    y_names = np.asarray(classes, dtype=object)[valid_ex.stage[ok]]
-    out = _prefixed("oracle_stage", metrics.stage_metrics(y_names, proba[ok], classes))
-    out.update(
-        _prefixed(
-            "oracle_churn",
-            metrics.churn_metrics(valid_ex.churn[ok], joined["churn_probability"].to_numpy()[ok]),
+    stage_cols = [f"p_{s}" for s in classes]
+    has_stage = all(c in predictions.columns for c in stage_cols)
+    has_churn = "churn_probability" in predictions.columns
+    if not (has_stage or has_churn):
+        raise ValueError(
+            f"oracle predictions need p_<stage> for every stage ({', '.join(stage_cols)}) "
+            "or churn_probability"
         )
-    )
-    out["oracle_coverage"] = float(ok.mean())
+    if not has_stage and any(str(c).startswith("p_") for c in predictions.columns):
+        say("oracle predictions do not cover the taxonomy's stages: no oracle stage scores")
+    used = (stage_cols if has_stage else []) + (["churn_probability"] if has_churn else [])
+    # Both sides' keys as str and datetime64[ns, UTC], so equal keys merge.
+    pred = predictions[[CUSTOMER_ID, "as_of", *used]].copy()
+    pred[CUSTOMER_ID] = pred[CUSTOMER_ID].astype(str)
+    pred["as_of"] = parse_timestamps(pred["as_of"])
+    if pred.duplicated([CUSTOMER_ID, "as_of"]).any():
+        raise ValueError("oracle predictions repeat a (customer_id, as_of) pair")
+    keys = valid_ex.keys[[CUSTOMER_ID, "as_of"]].copy()
+    keys[CUSTOMER_ID] = keys[CUSTOMER_ID].astype(str)
+    keys["as_of"] = parse_timestamps(keys["as_of"])
+    joined = keys.merge(pred, on=[CUSTOMER_ID, "as_of"], how="left")
+    ok = joined[used].notna().all(axis=1).to_numpy()
+    out = {"oracle_coverage": float(ok.mean())}
+    if not ok.any():
+        say("oracle predictions cover no validation example: no oracle scores")
+        return out
+    if has_stage:
+        y_names = np.asarray(classes, dtype=object)[valid_ex.stage[ok]]
+        proba = joined[stage_cols].to_numpy(dtype=float)[ok]
+        out.update(_prefixed("oracle_stage", metrics.stage_metrics(y_names, proba, classes)))
+    if has_churn:
+        p = joined["churn_probability"].to_numpy(dtype=float)[ok]
+        out.update(_prefixed("oracle_churn", metrics.churn_metrics(valid_ex.churn[ok], p)))
     return out
 
 
@@ -519,22 +541,18 @@ def _log_model(bundle: ModelBundle, valid_ex: Examples, register: str | None) ->
     signature = infer_signature(example, bundle.predict_features(example))
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = bundle.save(Path(tmp) / BUNDLE_ARTIFACT)
+        # the model carries this package's wheel and names it in its requirements, so an
+        # environment built from the model's files alone can load it
+        env = model_environment(Path(tmp) / "env")
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),
-            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            artifacts={BUNDLE_ARTIFACT: str(bundle_dir), **env.artifacts},
             signature=signature,
             input_example=example,
             registered_model_name=register,
-            pip_requirements=_requirements(),
+            pip_requirements=env.pip_requirements,
         )
-
-
-def _requirements() -> list[str]:
-    from importlib.metadata import version
-
-    pkgs = ("mlflow", "lightgbm", "numpy", "pandas", "numba", "pyarrow", "pyyaml")
-    return [f"{p}=={version(p)}" for p in pkgs]
 
 
 def _promote_if_better(
@@ -549,16 +567,23 @@ def _promote_if_better(
     new = evaluate_bundle(bundle, ex, taxonomy).metrics
     new_score = new["stage_macro_f1"] + new["churn_roc_auc"]
     if current is not None:
-        champ = bundle_of(mlflow.pyfunc.load_model(f"models:/{name}@{tracking.CHAMPION}"))
-        old = evaluate_bundle(champ, ex, taxonomy).metrics
-        old_score = old["stage_macro_f1"] + old["churn_roc_auc"]
+        try:
+            champ = load_bundle(f"models:/{name}@{tracking.CHAMPION}")
+        except ValueError as exc:  # a refused champion is replaced, not compared
+            say(f"champion {current} cannot be loaded ({exc}); the new version replaces it")
+            champ = None
+        old_score = -np.inf
+        if champ is not None:
+            old = evaluate_bundle(champ, ex, taxonomy).metrics
+            old_score = old["stage_macro_f1"] + old["churn_roc_auc"]
         if not new_score > old_score:
             say(
                 f"not promoted: version {version} scores {new_score:.4f} "
                 f"(stage macro-F1 + churn ROC-AUC), champion {current} scores {old_score:.4f}"
             )
             return False
-        say(f"version {version} ({new_score:.4f}) beats champion {current} ({old_score:.4f})")
+        if champ is not None:
+            say(f"version {version} ({new_score:.4f}) beats champion {current} ({old_score:.4f})")
     tracking.promote(name, version)
     say(f"promoted {name} version {version} to @{tracking.CHAMPION}")
     return True
@@ -587,8 +612,6 @@ def evaluate_model(
     say: Say = print,
 ) -> dict[str, float]:
     """A model's metrics on labelled snapshots of a log (every snapshot, no split)."""
-    from customer_lifecycle.scoring.pyfunc import load_bundle
-
     bundle = load_bundle(model)
     taxonomy = load_taxonomy(taxonomy_path)
     if tuple(taxonomy.stages) != tuple(bundle.stages):

@@ -151,7 +151,7 @@ def features(
         typer.echo(f"wrote {n:,} customers as of {cutoff.isoformat()} to {out} (Spark)")
         return
     if chunk_customers is not None:
-        from customer_lifecycle.scoring.batch import features_file
+        from customer_lifecycle.features.streaming import features_file
 
         bar, report = _phased_progress_bar()
         with bar:
@@ -174,8 +174,9 @@ def features(
         return
 
     from customer_lifecycle.features.engine import build_features
-    from customer_lifecycle.features.events import load_events, load_mapping
+    from customer_lifecycle.features.events import load_events
     from customer_lifecycle.features.io import table_format, write_table
+    from customer_lifecycle.features.mapping import load_mapping
 
     table_format(out)  # refuse a bad output name before the long work
     log, load_summary = load_events(
@@ -325,9 +326,17 @@ def train(
     rulebook: Annotated[Path | None, typer.Option(help="Stage rulebook YAML.")] = None,
 ) -> None:
     """Train the stage and churn heads, log the run to MLflow, print run id and model URI."""
+    from customer_lifecycle.simulator import dataset_oracle
     from customer_lifecycle.training.train import TrainConfig
     from customer_lifecycle.training.train import train as run_training
 
+    # On a simulated log, score the Bayes-optimal oracle beside the model. Its churn is
+    # "no event at all in the horizon", so it only answers --qualifying any.
+    oracle = (
+        dataset_oracle(events, horizon_days=horizon_days, as_of=[as_of] if as_of else ())
+        if qualifying == "any"
+        else None
+    )
     config = TrainConfig(
         horizon_days=horizon_days,
         qualifying=qualifying,
@@ -347,6 +356,7 @@ def train(
         register=register,
         promote_if_better=promote_if_better,
         experiment=experiment,
+        oracle_predictions=oracle,
         say=lambda line: typer.echo(line, err=True),
     )
     m = result.metrics

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 from customer_lifecycle.features.definition import FeatureDefinition, load_definition
 from customer_lifecycle.features.engine import build_features
-from customer_lifecycle.features.events import load_events, validate_events
+from customer_lifecycle.features.events import load_events
+from customer_lifecycle.features.validation import validate_events
 from customer_lifecycle.scoring.bundle import ModelBundle
 from customer_lifecycle.simulator import write_dataset
 from hypothesis import HealthCheck, given, settings

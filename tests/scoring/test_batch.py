@@ -7,7 +7,6 @@ whole log with ``load_events``, build features, score.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -22,64 +21,27 @@ import pytest
 from customer_lifecycle.features.definition import load_definition
 from customer_lifecycle.features.engine import build_features
 from customer_lifecycle.features.events import load_events
-from customer_lifecycle.scoring.batch import features_file, score_file
+from customer_lifecycle.scoring.batch import score_file
 from customer_lifecycle.scoring.bundle import ModelBundle
 from typer.testing import CliRunner
 
-from benchmarks.features import SPAN_DAYS, START, synthetic_log
 from customer_lifecycle.cli import app
+from tests.features.support import AS_OF, BAD_ROWS, leftovers, raw_log, write_log
 
-AS_OF = (START + pd.Timedelta(days=SPAN_DAYS - 30)).isoformat()
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 REPO = Path(__file__).resolve().parents[2]
-#: Rows (0-based) replaced by bad rows, and the reason each must be quarantined under.
-BAD_ROWS = {
-    3: ("", "2024-01-05T00:00:00Z", "page_view", "", "missing_customer_id"),
-    250: ("c0000001", "not a time", "purchase", "5", "unparseable_timestamp"),
-    2_000: ("c0000002", "2024-02-01T00:00:00Z", "purchase", "-3", "negative_purchase_amount"),
-    7_777: ("c0000003", "2024-03-01T00:00:00Z", "teleport", "", "unknown_event_type"),
-    11_999: ("c0000004", "2024-03-02T00:00:00Z", "page_view", "lots", "unparseable_amount"),
-}
-
-
-def _raw_log() -> pd.DataFrame:
-    """12,000 events of 150 customers over two years, sorted by time, as text."""
-    events = synthetic_log(12_000, 150, seed=5)
-    raw = pd.DataFrame(
-        {
-            "customer_id": events["customer_id"].astype(str),
-            "timestamp": events["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "event_type": events["event_type"].astype(str),
-            "amount": events["amount"].map(lambda a: "" if np.isnan(a) else repr(a)),
-        }
-    )
-    for row, (*values, _) in BAD_ROWS.items():
-        raw.iloc[row] = values
-    return raw
-
-
-def _write(raw: pd.DataFrame, path: Path) -> Path:
-    if path.suffix == ".csv":
-        raw.to_csv(path, index=False)
-    elif path.suffix == ".parquet":
-        raw.to_parquet(path, index=False, row_group_size=1_000)
-    else:
-        with open(path, "w") as fh:
-            for record in raw.to_dict(orient="records"):
-                fh.write(json.dumps(record) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
 def raw() -> pd.DataFrame:
-    return _raw_log()
+    return raw_log()
 
 
 @pytest.fixture(scope="module")
 def bundle(raw: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> ModelBundle:
     """Small heads trained on the log's own features with random labels (fast, offline)."""
     definition = load_definition()
-    events, _ = load_events(_write(raw, tmp_path_factory.mktemp("train") / "events.csv"))
+    events, _ = load_events(write_log(raw, tmp_path_factory.mktemp("train") / "events.csv"))
     X = build_features(events, as_of=AS_OF, definition=definition).to_numpy()
     rng = np.random.default_rng(0)
     params = {"verbose": -1, "num_leaves": 7, "min_data_in_leaf": 5, "num_threads": 1}
@@ -103,10 +65,6 @@ def _sorted(scores: pd.DataFrame) -> pd.DataFrame:
     return scores.sort_values("customer_id", ignore_index=True)
 
 
-def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
-
-
 @pytest.mark.parametrize(
     ("chunk_customers", "partitions"),
     [
@@ -124,7 +82,7 @@ def test_chunked_scores_equal_scoring_all_at_once(
     chunk_customers: int,
     partitions: int | None,
 ) -> None:
-    events = _write(raw, tmp_path / "events.csv")
+    events = write_log(raw, tmp_path / "events.csv")
     out = tmp_path / "scores.parquet"
     scores, summary = score_file(
         events,
@@ -143,7 +101,7 @@ def test_chunked_scores_equal_scoring_all_at_once(
     assert summary.risk_bands == expected["churn_risk"].value_counts().to_dict() | {
         b: 0 for b in ("low", "medium", "high") if b not in set(expected["churn_risk"])
     }
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_customers_are_spread_through_the_log(raw: pd.DataFrame) -> None:
@@ -163,7 +121,7 @@ def test_customers_are_spread_through_the_log(raw: pd.DataFrame) -> None:
 def test_bad_rows_are_quarantined_with_source_row_numbers(
     raw: pd.DataFrame, bundle: ModelBundle, tmp_path: Path, suffix: str
 ) -> None:
-    events = _write(raw, tmp_path / f"events{suffix}")
+    events = write_log(raw, tmp_path / f"events{suffix}")
     out = tmp_path / "scores.csv"
     _, summary = score_file(
         events, model=bundle, as_of=AS_OF, out=out, chunk_customers=20, partitions=5
@@ -206,7 +164,7 @@ def _interrupt_on(phase: str, after: int) -> Callable[[str, int, int], None]:
 def test_interrupted_run_leaves_no_output_and_a_rerun_succeeds(
     raw: pd.DataFrame, bundle: ModelBundle, tmp_path: Path, phase: str, after: int
 ) -> None:
-    events = _write(raw, tmp_path / "events.csv")
+    events = write_log(raw, tmp_path / "events.csv")
     out = tmp_path / "scores.parquet"
     with pytest.raises(KeyboardInterrupt):
         score_file(
@@ -228,7 +186,7 @@ def test_interrupted_run_leaves_no_output_and_a_rerun_succeeds(
 def test_failure_keeps_an_earlier_output(
     raw: pd.DataFrame, bundle: ModelBundle, tmp_path: Path
 ) -> None:
-    events = _write(raw, tmp_path / "events.csv")
+    events = write_log(raw, tmp_path / "events.csv")
     out = tmp_path / "scores.csv"
     out.write_text("an earlier run\n")
 
@@ -239,15 +197,16 @@ def test_failure_keeps_an_earlier_output(
     with pytest.raises(RuntimeError, match="disk full"):
         score_file(events, model=bundle, as_of=AS_OF, out=out, partitions=3, progress=fail)
     assert out.read_text() == "an earlier run\n"
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
 SLOW_CLI = textwrap.dedent(
     """
     import sys, time
-    import customer_lifecycle.scoring.batch as batch
+    import customer_lifecycle.features.spill as spill
+    import customer_lifecycle.features.streaming as streaming
 
-    real = batch.validate_events
+    real = streaming.validate_events
     calls = []
 
     def slow(*args, **kwargs):
@@ -257,8 +216,8 @@ SLOW_CLI = textwrap.dedent(
             time.sleep(60)  # the test stops the process here
         return real(*args, **kwargs)
 
-    batch.validate_events = slow
-    batch.ROWS_PER_PARTITION = 1_000  # a dozen spill files, so several chunks
+    streaming.validate_events = slow
+    spill.ROWS_PER_PARTITION = 1_000  # a dozen spill files, so several chunks
     from customer_lifecycle.cli import app
 
     app(sys.argv[1:])
@@ -278,7 +237,7 @@ SLOW_CLI = textwrap.dedent(
 def test_killed_cli_leaves_no_output_and_a_rerun_succeeds(
     raw: pd.DataFrame, bundle: ModelBundle, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    events = _write(raw, tmp_path / "events.csv")
+    events = write_log(raw, tmp_path / "events.csv")
     model = bundle.save(tmp_path / "model")
     out = tmp_path / "out" / "scores.csv"
     args = ["score", "--events", str(events), "--model", str(model), "--as-of", AS_OF]
@@ -315,7 +274,7 @@ def test_killed_cli_leaves_no_output_and_a_rerun_succeeds(
 def test_missing_column_is_refused_before_partitioning(
     raw: pd.DataFrame, bundle: ModelBundle, tmp_path: Path
 ) -> None:
-    events = _write(raw.rename(columns={"timestamp": "when"}), tmp_path / "events.csv")
+    events = write_log(raw.rename(columns={"timestamp": "when"}), tmp_path / "events.csv")
     with pytest.raises(ValueError, match="no required column 'timestamp'"):
         score_file(events, model=bundle, as_of=AS_OF, out=tmp_path / "s.parquet")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.csv"]
@@ -324,26 +283,15 @@ def test_missing_column_is_refused_before_partitioning(
 def test_no_customer_before_as_of_writes_an_empty_table(
     raw: pd.DataFrame, bundle: ModelBundle, tmp_path: Path
 ) -> None:
-    events = _write(raw, tmp_path / "events.parquet")
+    events = write_log(raw, tmp_path / "events.parquet")
     out = tmp_path / "scores.parquet"
     scores, summary = score_file(events, model=bundle, as_of="2000-01-01", out=out)
     assert summary.customers == 0
     assert list(pd.read_parquet(out).columns) == ["customer_id", *bundle.output_columns]
 
 
-def test_streamed_features_equal_the_in_memory_engine(raw: pd.DataFrame, tmp_path: Path) -> None:
-    events = _write(raw, tmp_path / "events.parquet")
-    out = tmp_path / "features.parquet"
-    summary = features_file(events, as_of=AS_OF, out=out, chunk_customers=30, partitions=4)
-    loaded, _ = load_events(events)
-    expected = build_features(loaded, as_of=AS_OF)
-    got = pd.read_parquet(out).set_index("customer_id").sort_index()
-    pd.testing.assert_frame_equal(got, expected, check_names=False, check_exact=True)
-    assert summary.customers == len(expected)
-
-
 def test_score_command_streams(raw: pd.DataFrame, bundle: ModelBundle, tmp_path: Path) -> None:
-    events = _write(raw, tmp_path / "events.parquet")
+    events = write_log(raw, tmp_path / "events.parquet")
     model = bundle.save(tmp_path / "model")
     out = tmp_path / "scores.parquet"
     args = ["score", "--events", str(events), "--model", str(model), "--as-of", AS_OF]

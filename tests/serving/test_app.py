@@ -17,14 +17,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from customer_lifecycle.features.engine import build_features
-from customer_lifecycle.features.events import validate_events
+from customer_lifecycle.features.validation import validate_events
 from customer_lifecycle.scoring.bundle import ModelBundle
 from customer_lifecycle.serving.app import create_app
 from customer_lifecycle.serving.playbook import load_playbook
 from customer_lifecycle.serving.predict import ServedModel
 from customer_lifecycle.serving.registry import ModelRef, load_served_model
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
+from starlette.routing import Route
 
 from tests.serving.support import AUTH, KEYS, Trained, busy_customers, customer_payload, settings
 
@@ -103,6 +105,93 @@ def test_scores_equal_batch_scoring_of_the_same_events(
         assert score["churn_risk"] == row["churn_risk"]
         for stage, p in score["stage_probabilities"].items():
             assert p == pytest.approx(row[f"p_{stage}"], abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "path",  # churn margin and reasons from the server's path attributions
+        "treeshap",  # churn margin and reasons from LightGBM's TreeSHAP
+    ],
+)
+def test_served_probabilities_are_the_bundle_s_calibration_of_the_same_raw_scores(
+    trained: Trained, v1: ModelBundle, method: str
+) -> None:
+    """The server calibrates with the bundle's own methods, not a copy of their formulas.
+
+    The calibration is set far from the identity, so that any step the server did
+    differently from the bundle (or skipped) would change the probabilities, the
+    stage picked or the reasons it returns.
+    """
+    t, (a, b) = 2.5, (0.6, -0.8)
+    bundle = dataclasses.replace(v1, stage_temperature=t, churn_platt=(a, b))
+    playbook = load_playbook()
+
+    def loader(uri: str, ref: ModelRef) -> ServedModel:
+        return ServedModel.build(
+            bundle,
+            name="calibrated",
+            version="1",
+            uri=uri,
+            playbook=playbook,
+            reasons_method=method,
+        )
+
+    ids = busy_customers(trained.events, trained.as_of, 12)
+    feats = build_features(trained.events, as_of=trained.as_of, definition=v1.definition)
+    X = feats.loc[ids, v1.feature_names].to_numpy()
+    n, f = X.shape
+    vectors = [
+        {"customer_id": cid, "features": {k: (None if np.isnan(v) else v) for k, v in row.items()}}
+        for cid, row in feats.loc[ids, v1.feature_names].iterrows()
+    ]
+    events = {
+        "as_of": f"{trained.as_of}T00:00:00Z",
+        "customers": [customer_payload(trained.events, c) for c in ids],
+    }
+    with TestClient(create_app(settings(trained.v1_dir), loader=loader)) as c:
+        answers = [
+            c.post("/v1/scores/features", json={"customers": vectors}, headers=AUTH),
+            c.post("/v1/scores", json=events, headers=AUTH),
+        ]
+
+    raw = v1.stage_booster.predict(X, raw_score=True)
+    margin = v1.churn_booster.predict(X, raw_score=True)
+    stage_p = bundle.stage_proba_from_raw(raw)
+    churn_p = bundle.churn_proba_from_margin(margin)
+    # The bundle's calibration is the documented one, and its own scoring uses it.
+    e = np.exp(raw / t)
+    np.testing.assert_allclose(stage_p, e / e.sum(axis=1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(churn_p, 1.0 / (1.0 + np.exp(-(a * margin + b))), rtol=1e-12)
+    np.testing.assert_array_equal(bundle.stage_proba(X), stage_p)
+    np.testing.assert_array_equal(bundle.churn_proba(X), churn_p)
+    # This calibration moves the probabilities far beyond the tolerances below.
+    e = np.exp(raw)
+    assert np.abs(stage_p - e / e.sum(axis=1, keepdims=True)).max() > 0.01
+    assert np.abs(churn_p - 1.0 / (1.0 + np.exp(-margin))).max() > 0.01
+
+    picks = np.argmax(stage_p * np.asarray(bundle.stage_weights), axis=1)
+    if method == "treeshap":
+        stage_c = v1.stage_booster.predict(X, pred_contrib=True).reshape(n, -1, f + 1)
+        stage_c = stage_c[np.arange(n), picks]
+        churn_c = v1.churn_booster.predict(X, pred_contrib=True)
+    else:
+        stage_c = path_attributions(v1.stage_booster, X, picks.tolist())
+        churn_c = path_attributions(v1.churn_booster, X, [0] * n)
+    for r in answers:
+        assert r.status_code == 200, r.text
+        for i, score in enumerate(r.json()["scores"]):
+            assert score["stage"] == bundle.stages[picks[i]]
+            assert list(score["stage_probabilities"]) == list(bundle.stages)
+            assert list(score["stage_probabilities"].values()) == pytest.approx(
+                stage_p[i].tolist(), abs=1e-12
+            )
+            assert score["churn_probability"] == pytest.approx(churn_p[i], abs=1e-12)
+            # Reasons are on the calibrated logit scale: raw contributions / t, and * a.
+            for head, contrib in (("stage", stage_c[i] / t), ("churn", churn_c[i] * a)):
+                for reason in score["reasons"][head]:
+                    j = v1.feature_names.index(reason["feature"])
+                    assert reason["contribution"] == pytest.approx(contrib[j], abs=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -613,6 +702,22 @@ def test_request_id_is_echoed_or_generated(client: TestClient, sent: str, kept: 
     r = client.get("/healthz", headers={"X-Request-ID": sent})
     assert (r.headers["x-request-id"] == sent) is kept
     assert r.headers["x-request-id"]
+
+
+def test_every_route_is_on_the_app_s_own_router(client: TestClient) -> None:
+    """Routes are matched directly: an included router is resolved again on every request."""
+    routes = client.app.router.routes  # type: ignore[attr-defined]
+    assert all(isinstance(r, Route) for r in routes), routes  # APIRoute is a Route
+    paths = {r.path for r in routes if isinstance(r, APIRoute)}
+    assert paths == {
+        "/v1/scores",
+        "/v1/scores/features",
+        "/v1/model",
+        "/v1/admin/reload",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    }
 
 
 def test_every_status_is_documented_in_openapi(client: TestClient) -> None:

@@ -1,8 +1,14 @@
-"""Metrics of both heads: against scikit-learn where it has them, by hand elsewhere."""
+"""Metrics of both heads: against scikit-learn where it has them, by hand elsewhere.
+
+The implementation calls scikit-learn, so comparing with scikit-learn alone would only
+check the wiring; the ``_by_hand`` tests recompute the same figures from a confusion
+matrix and the formulas, independently of it.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -57,6 +63,27 @@ def test_stage_metrics_match_sklearn(stage_data):
     assert all(type(v) is float for v in got.values())
 
 
+def test_stage_metrics_by_hand(stage_data):
+    y, proba = stage_data
+    got = stage_metrics(y, proba, CLASSES)
+    truth = np.array([CLASSES.index(v) for v in y])
+    pred = proba.argmax(axis=1)
+    confusion = np.zeros((len(CLASSES), len(CLASSES)))
+    np.add.at(confusion, (truth, pred), 1)
+    tp = np.diag(confusion)
+    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    f1 = 2 * tp / (support + predicted)
+    for i, c in enumerate(CLASSES):
+        assert got[f"precision_{c}"] == pytest.approx(tp[i] / predicted[i])
+        assert got[f"recall_{c}"] == pytest.approx(tp[i] / support[i])
+        assert got[f"f1_{c}"] == pytest.approx(f1[i])
+        assert got[f"support_{c}"] == support[i]
+    assert got["accuracy"] == pytest.approx(tp.sum() / len(y))
+    assert got["macro_f1"] == pytest.approx(f1.mean())
+    p_true = proba[np.arange(len(y)), truth]
+    assert got["log_loss"] == pytest.approx(-np.mean(np.log(p_true)))
+
+
 def test_stage_metrics_use_given_predictions(stage_data):
     y, proba = stage_data
     pred = np.roll(y, 1)  # unrelated to proba
@@ -86,6 +113,34 @@ def test_stage_metrics_with_a_class_absent():
         skm.f1_score(y, np.asarray(CLASSES)[proba.argmax(1)], average="macro")
     )
     assert got["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.2, 0.9, 0.9])))
+
+
+def test_absent_classes_are_nan_without_warnings():
+    # one class never predicted, one never true, one in neither: scikit-learn would
+    # warn (and say 0) unless zero_division is set on purpose
+    y = ["a", "a", "b", "b"]
+    proba = [[0.9, 0.1, 0.0, 0.0], [0.1, 0.0, 0.9, 0.0], [0.2, 0.8, 0.0, 0.0], [0.6, 0.4, 0, 0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = stage_metrics(y, proba, ["a", "b", "c", "d"])
+    assert math.isnan(got["precision_d"]) and math.isnan(got["recall_d"])
+    assert math.isnan(got["f1_d"])
+    assert got["precision_c"] == 0.0 and math.isnan(got["recall_c"])
+    # a: tp 1, fp 1, fn 1 -> 1/2; b: tp 1, fp 0, fn 1 -> 2/3; c: 0; d left out
+    assert got["macro_f1"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
+
+
+def test_a_single_class_has_zero_log_loss():
+    got = stage_metrics(["a", "a"], [[1.0], [1.0]], ["a"])
+    assert got == {
+        "accuracy": 1.0,
+        "macro_f1": 1.0,
+        "log_loss": 0.0,
+        "f1_a": 1.0,
+        "precision_a": 1.0,
+        "recall_a": 1.0,
+        "support_a": 2.0,
+    }
 
 
 def test_stage_log_loss_is_clipped():
@@ -129,6 +184,19 @@ def test_churn_metrics_match_sklearn(churn_data):
         "log_loss",
         "base_rate",
     }
+
+
+def test_churn_brier_and_log_loss_by_hand(churn_data):
+    y, p = churn_data
+    got = churn_metrics(y, p)
+    assert got["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert got["log_loss"] == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def test_churn_log_loss_is_clipped():
+    # two confident mistakes, each clipped to 1e-15 instead of an infinite loss
+    got = churn_metrics([1, 0], [0.0, 1.0])
+    assert got["log_loss"] == pytest.approx(-np.log(1e-15), rel=1e-4)
 
 
 @pytest.mark.parametrize("label", [0, 1])  # only stayers / only churners

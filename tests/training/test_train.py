@@ -13,10 +13,19 @@ from customer_lifecycle.features.events import load_events
 from customer_lifecycle.features.taxonomy import load_taxonomy
 from customer_lifecycle.scoring.bundle import ModelBundle
 from customer_lifecycle.scoring.pyfunc import bundle_of
-from customer_lifecycle.simulator import write_dataset
+from customer_lifecycle.simulator import dataset_oracle, write_dataset
 from customer_lifecycle.training.labels import check_horizon, churn_labels, load_labels
-from customer_lifecycle.training.train import TrainConfig, build_examples, train
+from customer_lifecycle.training.train import (
+    Examples,
+    TrainConfig,
+    build_examples,
+    oracle_metrics,
+    train,
+)
 from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from customer_lifecycle.cli import app
 
 AS_OF = ["2024-09-30", "2024-12-31"]
 pytestmark = pytest.mark.slow
@@ -48,6 +57,7 @@ def trained(store: Path, sim: Path):  # type: ignore[no-untyped-def]
         config=TrainConfig(seed=1),
         register="lifecycle-test",
         promote_if_better=True,
+        oracle_predictions=dataset_oracle(sim / "events.parquet"),
         say=lambda _: None,
     )
     bundle = bundle_of(mlflow.pyfunc.load_model("models:/lifecycle-test@champion"))
@@ -128,6 +138,32 @@ def test_second_version_is_promoted_only_if_better(store: Path, sim: Path, train
     assert not weak.promoted
     alias = MlflowClient().get_model_version_by_alias("lifecycle-test", "champion")
     assert str(alias.version) == "1"
+
+
+def test_training_alone_logs_no_oracle(store: Path, sim: Path) -> None:
+    # the simulator's files lie beside the events, but training never reads them
+    m = train(
+        sim / "events.parquet",
+        labels_path=sim / "labels.csv",
+        config=TrainConfig(seed=1, max_rounds=1),
+        say=lambda _: None,
+    ).metrics
+    assert "valid_stage_macro_f1" in m
+    assert not [k for k in m if "oracle" in k]
+
+
+def test_cli_train_on_simulated_data_logs_the_oracle(store: Path, sim: Path) -> None:
+    # the command line is where the simulator's oracle meets training
+    args = ["train", "--events", str(sim / "events.parquet"), "--labels", str(sim / "labels.csv")]
+    result = CliRunner().invoke(app, [*args, "--experiment", "cli-oracle"])
+    assert result.exit_code == 0, result.output
+    assert "oracle:     stage macro-F1" in result.stdout
+    run_id = result.stdout.split("run id: ")[1].split()[0]
+    logged = MlflowClient().get_run(run_id).data.metrics
+    assert logged["oracle_coverage"] == 1.0
+    assert {"oracle_stage_macro_f1", "oracle_churn_roc_auc", "gap_churn_roc_auc_to_oracle"} <= set(
+        logged
+    )
 
 
 # -- behaviour --------------------------------------------------------------------------
@@ -254,3 +290,70 @@ def test_churn_label_counts_only_its_window(events: pd.DataFrame) -> None:
     expected = int(not ((ts >= start) & (ts < start + pd.Timedelta(days=90))).any())
     got = churn_labels(events, snaps, horizon_days=90, definition=load_definition())
     assert got[0] == expected
+
+
+# -- oracle predictions -----------------------------------------------------------------
+
+STAGES = list(load_taxonomy().stages)
+
+
+def _validation(n: int = 40) -> Examples:
+    """``n`` examples at one snapshot, every stage present, every other customer churned."""
+    keys = pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(n)],
+            "as_of": pd.Timestamp("2024-12-31", tz="UTC"),
+        }
+    )
+    stage = np.arange(n) % len(STAGES)
+    return Examples(keys, pd.DataFrame(index=range(n)), stage, np.arange(n) % 2)
+
+
+def _perfect(ex: Examples) -> pd.DataFrame:
+    """Predictions that put all mass on the truth, with the as_of as an ISO string."""
+    proba = np.eye(len(STAGES))[ex.stage]
+    frame = pd.DataFrame(proba, columns=[f"p_{s}" for s in STAGES])
+    frame.insert(0, "as_of", "2024-12-31T00:00:00+00:00")
+    frame.insert(0, "customer_id", ex.keys["customer_id"])
+    return frame.assign(churn_probability=ex.churn.astype(float))
+
+
+def test_a_perfect_oracle_scores_perfectly() -> None:
+    ex = _validation()
+    got = oracle_metrics(_perfect(ex), ex, load_taxonomy(), say=lambda _: None)
+    assert got["oracle_coverage"] == 1.0
+    assert got["oracle_stage_macro_f1"] == 1.0
+    assert got["oracle_churn_roc_auc"] == 1.0
+
+
+def test_oracle_rows_are_matched_by_customer_and_time() -> None:
+    ex = _validation()
+    frame = _perfect(ex)
+    # shuffled rows, a quarter missing, and one row at another snapshot time
+    frame = frame.sample(frac=1.0, random_state=0).iloc[10:].reset_index(drop=True)
+    frame.loc[0, "as_of"] = "2024-09-30"
+    got = oracle_metrics(frame, ex, load_taxonomy(), say=lambda _: None)
+    assert got["oracle_coverage"] == pytest.approx(29 / 40)
+    assert got["oracle_stage_accuracy"] == 1.0
+
+
+def test_oracle_with_churn_only_scores_churn_only() -> None:
+    ex = _validation()
+    frame = _perfect(ex)[["customer_id", "as_of", "churn_probability"]]
+    got = oracle_metrics(frame, ex, load_taxonomy(), say=lambda _: None)
+    assert "oracle_churn_roc_auc" in got
+    assert not [k for k in got if k.startswith("oracle_stage")]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.drop(columns="as_of"), "no 'as_of' column"),  # no key
+        (lambda f: pd.concat([f, f.head(1)]), "repeat"),  # a key twice
+        (lambda f: f[["customer_id", "as_of", "p_awareness"]], "p_<stage>"),  # nothing usable
+    ],
+)
+def test_bad_oracle_predictions_are_refused(change, message) -> None:  # type: ignore[no-untyped-def]
+    ex = _validation()
+    with pytest.raises(ValueError, match=message):
+        oracle_metrics(change(_perfect(ex)), ex, load_taxonomy(), say=lambda _: None)

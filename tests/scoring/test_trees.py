@@ -32,7 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 N_FEATURES = 8
-SPECIAL = (
+EDGE_VALUES = (
     np.nan,
     0.0,
     -0.0,
@@ -164,7 +164,7 @@ def _hard_rows(ensemble: TreeEnsemble, seed: int, n: int = 400) -> np.ndarray:
     X[rng.random(X.shape) < 0.2] = 0.0
     X[rng.random(X.shape) < 0.2] = np.nan
     special = rng.random(X.shape) < 0.1
-    X[special] = rng.choice(SPECIAL, special.sum())
+    X[special] = rng.choice(EDGE_VALUES, special.sum())
     if ensemble.threshold.size:
         # exactly at a split's threshold and one ulp either side, on the split's feature
         for r in range(n):
@@ -306,7 +306,7 @@ def test_text_model_agrees_with_the_json_dump(models, name):
 
 
 value = st.one_of(
-    st.sampled_from(SPECIAL),
+    st.sampled_from(EDGE_VALUES),
     st.floats(allow_nan=True, allow_infinity=True),
     st.floats(-5.0, 5.0),
 )

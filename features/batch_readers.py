@@ -2,9 +2,11 @@
 
 :func:`open_source` opens a log (the formats of :func:`features.events.load_events`)
 and :meth:`EventSource.batches` yields Arrow record batches of the contract columns,
-under their source names: Parquet by row group (:data:`BATCH_ROWS` rows), CSV and JSON
-lines in blocks of :data:`BLOCK_BYTES`. Cells are read as :func:`load_events` reads
-them (CSV as text, JSON lines flattened), so a streamed log validates to the same rows.
+under their source names: Parquet by row group (:data:`BATCH_ROWS` rows), CSV in blocks
+of :data:`CSV_BLOCK_BYTES`, JSON lines in runs of
+:data:`features.readers.JSON_BLOCK_BYTES` (each checked for nesting depth first). Cells
+are read as :func:`load_events` reads them (CSV as text, JSON lines flattened), so a
+streamed log validates to the same rows.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from customer_lifecycle.features.contract import (
     CHANNEL,
     CUSTOMER_ID,
@@ -30,11 +31,22 @@ from customer_lifecycle.features.contract import (
 )
 from customer_lifecycle.features.mapping import EventMapping
 from customer_lifecycle.features.messages import one_line
-from customer_lifecycle.features.readers import event_format, json_records
+from customer_lifecycle.features.readers import (
+    JSON_BLOCK_BYTES,
+    READ_ERRORS,
+    as_text,
+    check_json_depth,
+    csv_head,
+    event_format,
+    json_records,
+)
 
-#: Rows per read batch (Parquet); CSV and JSON lines are read in blocks of this size.
+#: Rows per read batch (Parquet).
 BATCH_ROWS = 1 << 20
-BLOCK_BYTES = 32 << 20
+#: CSV block size. Arrow's streaming CSV reader keeps about eight blocks read ahead, so
+#: this sets the reader's share of peak memory (eight 32 MiB blocks held 270 MiB of raw
+#: text before the first batch was handed over).
+CSV_BLOCK_BYTES = 8 << 20
 
 
 @dataclass
@@ -92,6 +104,7 @@ def _parquet_batches(src: EventSource) -> Iterator[tuple[pa.RecordBatch, float]]
         for reader in readers:
             present = [c for c in columns if c in reader.schema_arrow.names]
             for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=present):
+                batch.validate(full=True)  # as load_events: text that is not UTF-8 refused
                 batch = plain(batch)
                 if schema is None:
                     schema = batch.schema
@@ -100,7 +113,7 @@ def _parquet_batches(src: EventSource) -> Iterator[tuple[pa.RecordBatch, float]]
                     batch = _conform(batch, schema, src.label)
                 done += batch.num_rows
                 yield batch, done / total
-    except (pa.ArrowInvalid, OSError) as exc:
+    except READ_ERRORS as exc:
         raise ValueError(f"cannot read {src.label}: {one_line(exc)}") from None
 
 
@@ -120,62 +133,37 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, label: str) -> pa.RecordB
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-class _CountingFile(io.RawIOBase):
-    """A binary file that counts the bytes read from it (progress for compressed CSV)."""
-
-    def __init__(self, path: Path) -> None:
-        self._fh = open(path, "rb")  # noqa: SIM115 - closed by close()
-        self.consumed = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = self._fh.readinto(buffer)
-        self.consumed += n
-        return n
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
-
-
 def _csv_batches(src: EventSource) -> Iterator[tuple[pa.RecordBatch, float]]:
-    import csv
-
     import pyarrow.csv as pcsv
 
-    gz = src.path.name.lower().endswith(".gz")
-    size = max(src.path.stat().st_size, 1)
-    opener: Any = gzip.open if gz else open
+    head = csv_head(src.path, src.label)
+    # Arrow reads a few blocks ahead of the batch it hands over, so the bytes read so far
+    # say little about the rows handed over: progress (and the number of spill files)
+    # comes from the rows per byte of the file's head instead.
+    estimate = max(head.rows_per_byte * src.path.stat().st_size, 1.0)
+    columns = [c for c in dict.fromkeys(src.needed()) if c in head.names]
     try:
-        with opener(src.path, "rt", encoding="utf-8-sig", newline="") as fh:
-            header = next(csv.reader(fh), None)
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(src.path, "rb") as raw:
+            gz = src.path.name.lower().endswith(".gz")
+            stream: Any = gzip.GzipFile(fileobj=raw) if gz else raw
+            # Every cell is read as text, as load_events does: ids such as "007" keep
+            # their zeros, the quarantine shows cells exactly as written, and no column
+            # is typed by inference on one block (which a later block could then fail).
+            reader = pcsv.open_csv(
+                stream,
+                read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=True),
+                convert_options=pcsv.ConvertOptions(
+                    column_types={name: pa.string() for name in head.names},
+                    include_columns=columns,
+                    strings_can_be_null=False,
+                ),
+            )
+            rows = 0
+            for batch in reader:
+                rows += batch.num_rows
+                yield batch, min(rows / estimate, 0.999)
+    except READ_ERRORS as exc:
         raise ValueError(f"cannot read {src.label}: {one_line(exc)}") from None
-    if not header:
-        raise ValueError(f"{src.label} has no rows")
-    columns = [c for c in dict.fromkeys(src.needed()) if c in header]
-    raw = _CountingFile(src.path)
-    try:
-        stream: Any = gzip.GzipFile(fileobj=raw) if gz else io.BufferedReader(raw, 1 << 20)
-        # Every cell is read as text, as load_events does: ids such as "007" keep their
-        # zeros and the quarantine shows cells exactly as written.
-        reader = pcsv.open_csv(
-            stream,
-            read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=True),
-            convert_options=pcsv.ConvertOptions(
-                column_types={name: pa.string() for name in header},
-                include_columns=columns,
-                strings_can_be_null=False,
-            ),
-        )
-        for batch in reader:
-            yield batch, min(raw.consumed / size, 0.999)
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {src.label}: {one_line(exc)}") from None
-    finally:
-        raw.close()
 
 
 def _jsonl_batches(src: EventSource) -> Iterator[tuple[pa.RecordBatch, float]]:
@@ -186,15 +174,18 @@ def _jsonl_batches(src: EventSource) -> Iterator[tuple[pa.RecordBatch, float]]:
     line_offset = 0
     with open(src.path, "rb") as fh:
         while True:
-            lines = fh.readlines(BLOCK_BYTES)
+            lines = fh.readlines(JSON_BLOCK_BYTES)
             if not lines:
                 break
             if line_offset == 0 and lines[0].startswith(b"\xef\xbb\xbf"):
                 lines[0] = lines[0][3:]
+            block = b"".join(lines)
+            check_json_depth(block, first_line=line_offset + 1, label=src.label)
             try:
-                table = pjson.read_json(io.BytesIO(b"".join(lines)))
+                table = pjson.read_json(io.BytesIO(block))
                 while any(pa.types.is_struct(t) for t in table.schema.types):
                     table = table.flatten()
+                table.validate(full=True)  # as in load_events: malformed arrays seen
             except pa.ArrowInvalid:
                 # One type per field is what Arrow needs; a block that mixes them is
                 # read by the standard library, as load_events does for a whole file.
@@ -228,7 +219,9 @@ def _series_text(series: pd.Series) -> pa.Array:
     """Cells as strings, missing as null; whole floats as integers (ids widened by NaN)."""
     if pd.api.types.is_float_dtype(series.dtype):
         values = series.dropna().to_numpy()
-        if np.all(np.mod(values, 1) == 0):
+        # only where every value is an integer a float holds exactly (huge or infinite
+        # values stay floats: as integers they would be other numbers)
+        if np.all(np.abs(values) <= 2**53) and np.all(np.mod(values, 1) == 0):
             series = series.astype("Int64")
     return pa.array([None if _missing(v) else str(v) for v in series], pa.string())
 
@@ -237,27 +230,19 @@ def _missing(value: object) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-def as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """``column`` as strings (Arrow's cast, else Python's ``str`` of each value)."""
-    if pa.types.is_string(column.type):
-        return column
-    try:
-        return pc.cast(column, pa.string())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        values = column.to_pylist()
-        return pa.chunked_array([pa.array([None if v is None else str(v) for v in values])])
-
-
 def plain(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Dictionary columns decoded and large strings narrowed, so spill files share a schema."""
+    """Dictionary columns decoded, large strings narrowed and columns of nulls typed as
+    strings, so spill files share a schema (and every column can be counted)."""
     arrays = []
     for col in batch.columns:
         if pa.types.is_dictionary(col.type):
             col = col.dictionary_decode()
-        if pa.types.is_large_string(col.type):
+        if pa.types.is_large_string(col.type) or pa.types.is_null(col.type):
             col = col.cast(pa.string())
+        elif pa.types.is_nested(col.type):  # a list where a value should be: its text
+            col = as_text(pa.chunked_array([col], col.type)).combine_chunks()
         arrays.append(col)
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
-__all__ = ["BATCH_ROWS", "BLOCK_BYTES", "EventSource", "as_text", "open_source", "plain"]
+__all__ = ["BATCH_ROWS", "CSV_BLOCK_BYTES", "EventSource", "as_text", "open_source", "plain"]

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 from customer_lifecycle.features.contract import CHANNEL, CUSTOMER_ID, EVENT_TYPE
-from customer_lifecycle.features.io import write_table
 from customer_lifecycle.features.mapping import EventMapping
+from customer_lifecycle.features.paths import refuse_overlaps
 from customer_lifecycle.features.readers import EVENT_FORMATS, event_format, read_event_frame
+from customer_lifecycle.features.sink import write_atomic
 from customer_lifecycle.features.summary import LoadSummary
 from customer_lifecycle.features.validation import UnknownEvents, validate_events
 
@@ -46,7 +47,7 @@ def load_events(
     quarantine_path
         Where to write quarantined rows (``.csv``, or ``.parquet``); default
         ``<stem>.quarantine.csv`` beside ``path``. Written, atomically, only when at
-        least one row is quarantined.
+        least one row is quarantined. It may not be the events file (or lie inside it).
 
     Returns
     -------
@@ -60,12 +61,15 @@ def load_events(
     FileNotFoundError
         When ``path`` does not exist.
     ValueError
-        On an unsupported extension, an unreadable or empty file, or a missing required
-        column (named, with its source name when it came from ``mapping``).
+        On an unsupported extension, an unreadable or empty file, a missing required
+        column (named, with its source name when it came from ``mapping``), or a
+        quarantine path that would overwrite the events (nothing is read or written).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"events file {path} does not exist")
+    target = Path(quarantine_path) if quarantine_path is not None else default_quarantine_path(path)
+    refuse_overlaps([("the events file", path)], [("the quarantine file", target)])
     fmt = event_format(path)
     label = f"events file {path}"
     names = {
@@ -81,10 +85,7 @@ def load_events(
         label=label,
     )
     if len(quarantine):
-        target = (
-            Path(quarantine_path) if quarantine_path is not None else default_quarantine_path(path)
-        )
-        write_table(quarantine, target)
+        write_atomic(quarantine, target)
         summary = replace(summary, quarantine_path=target)
     return clean, summary
 

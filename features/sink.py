@@ -3,7 +3,10 @@
 :class:`TableAppender` is the streaming counterpart of :func:`features.io.write_table`:
 rows arrive in chunks and go to a hidden temporary file beside the target, which is
 renamed over the target only by :meth:`TableAppender.commit`. Until then the target path
-is untouched (an earlier file there survives a failed run).
+is untouched (an earlier file there survives a failed run). The file then gets the mode a
+plain ``open()`` would have given it under the current umask (typically ``0644``), not
+the owner-only ``0600`` of the temporary file. :func:`write_atomic` writes a whole
+frame the same way.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ class TableAppender:
     """Append frames to a table in a hidden temporary file; rename it into place at commit.
 
     Parquet through one ``ParquetWriter`` (one row group per append), CSV through one
-    text stream (gzip for ``.csv.gz``) with the header once.
+    text stream (gzip for ``.csv.gz``) with the header once. CSV rows end in CRLF (RFC
+    4180, the csv module's own default): the writer then quotes every cell that holds a
+    line break, a lone carriage return included, so any cell reads back in its row.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fmt = table_format(path)
+        self._mode = creation_mode()
         self._tmp: Path | None = None
         self._writer: Any = None
         self._file: Any = None
@@ -50,7 +56,9 @@ class TableAppender:
         if self._tmp is None:
             self._open()
         if self.fmt == "csv":
-            frame.to_csv(self._file, index=False, header=self._writer is None)
+            frame.to_csv(
+                self._file, index=False, header=self._writer is None, lineterminator="\r\n"
+            )
             self._writer = True
         else:
             import pyarrow.parquet as pq
@@ -75,6 +83,7 @@ class TableAppender:
             self.append(empty)
         self._close()
         assert self._tmp is not None
+        os.chmod(self._tmp, self._mode)
         os.replace(self._tmp, self.path)
         self._tmp = None
 
@@ -88,4 +97,31 @@ class TableAppender:
                 self._tmp = None
 
 
-__all__ = ["TableAppender"]
+def write_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``frame`` to ``path`` (Parquet or CSV by extension) complete or not at all."""
+    appender = TableAppender(Path(path))
+    try:
+        appender.append(frame)
+        appender.commit()
+    except BaseException:
+        appender.discard()
+        raise
+    return appender.path
+
+
+def creation_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the process umask."""
+    try:
+        # Linux says the umask without changing it (no window for other threads)
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+__all__ = ["TableAppender", "creation_mode", "write_atomic"]

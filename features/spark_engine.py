@@ -40,6 +40,7 @@ from customer_lifecycle.features.contract import (
     parse_as_of,
 )
 from customer_lifecycle.features.definition import ALL, DAY_NS, FeatureDefinition, load_definition
+from customer_lifecycle.features.validation import MAX_AMOUNT
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -273,7 +274,9 @@ def clean_events_spark(
 
     Returns the clean events (event types trimmed, refunds as magnitudes) and the bad
     rows with a ``reason`` column (the first failing check of
-    :data:`features.events.QUARANTINE_REASONS`).
+    :data:`features.validation.QUARANTINE_REASONS`; amounts beyond
+    :data:`features.validation.MAX_AMOUNT` in magnitude are ``amount_out_of_range``, so
+    the features of every clean row are finite).
     """
     from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
     from pyspark.sql import functions as F
@@ -295,6 +298,7 @@ def clean_events_spark(
         text = F.lower(F.trim(F.col(AMOUNT).cast("string")))
         absent = F.col(AMOUNT).isNull() | text.isin(list(_NULL_TOKENS))
         checks.append(("unparseable_amount", (~absent & amount.isNull()) | _infinite(amount)))
+        checks.append(("amount_out_of_range", F.abs(amount) > F.lit(MAX_AMOUNT)))
         checks.append(("negative_purchase_amount", (et == "purchase") & (amount < 0)))
     if unknown_events == "strict":
         checks.append(("unknown_event_type", ~et.isin(list(CANONICAL_EVENT_TYPES))))

@@ -22,11 +22,14 @@ operation per *distinct* customer: a customer sits in one chunk but in many batc
 Within a customer, events keep their order in the file, so every value is bit for bit
 what the in-memory path (load the log, build features) gives.
 
-The output and the quarantine file are renamed into place only when everything has
-succeeded. On any error, ``KeyboardInterrupt`` included, the temporary files and the
-spill directory are removed and no output is left behind (an earlier output at the same
-path is untouched). Only a process killed outright (``SIGKILL``) can leave hidden
-``.<name>.*.tmp`` files and a ``.<name>.spill-*`` directory; they never carry the
+Before anything is written, the output and the quarantine path are checked against the
+log, the mapping and each other (:func:`features.paths.refuse_overlaps`): no run can
+overwrite or truncate its own input. The output and the quarantine file are renamed into
+place only when everything has succeeded. On any error, ``KeyboardInterrupt`` included
+(the command line turns SIGTERM and SIGHUP into an exception too), the temporary files
+and the spill directory are removed and no output is left behind (an earlier output at
+the same path is untouched). Only a process killed outright (``SIGKILL``) can leave
+hidden ``.<name>.*.tmp`` files and a ``.<name>.spill-*`` directory; they never carry the
 output's name, and a rerun does not need them gone.
 
 Peak memory is set by a few read batches (about a million rows each) and one chunk of
@@ -54,6 +57,7 @@ from customer_lifecycle.features.engine import build_features
 from customer_lifecycle.features.events import default_quarantine_path
 from customer_lifecycle.features.io import table_format
 from customer_lifecycle.features.mapping import EventMapping, load_mapping
+from customer_lifecycle.features.paths import refuse_overlaps
 from customer_lifecycle.features.sink import TableAppender
 from customer_lifecycle.features.spill import (
     SOURCE_ROW,
@@ -239,8 +243,9 @@ def stream_chunks(
     Raises
     ------
     ValueError
-        On a bad option, an unreadable or empty log or a missing required column;
-        nothing is written.
+        On a bad option, an unreadable or empty log, a missing required column, or an
+        output or quarantine path that is (or lies inside) the log, the mapping or the
+        other output (:func:`features.paths.refuse_overlaps`); nothing is written.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -254,13 +259,18 @@ def stream_chunks(
     path = Path(events_path)
     if not path.exists():
         raise FileNotFoundError(f"events file {path} does not exist")
+    q_target = (
+        Path(quarantine_path) if quarantine_path is not None else default_quarantine_path(path)
+    )
+    mapping_file = mapping if isinstance(mapping, str | Path) and Path(mapping).is_file() else None
+    refuse_overlaps(
+        [("the events file", path), ("the mapping", mapping_file)],
+        [("the output", out), ("the quarantine file", q_target)],
+    )
     source = open_source(
         path, mapping if isinstance(mapping, EventMapping) else load_mapping(mapping)
     )
     report = progress or (lambda phase, done, total: None)
-    q_target = (
-        Path(quarantine_path) if quarantine_path is not None else default_quarantine_path(path)
-    )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     spill = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.spill-"))

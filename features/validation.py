@@ -39,11 +39,18 @@ QUARANTINE_REASONS: tuple[str, ...] = (
     "missing_event_type",
     "unparseable_timestamp",
     "unparseable_amount",
+    "amount_out_of_range",
     "negative_purchase_amount",
     "unknown_event_type",
 )
 
 UnknownEvents = Literal["strict", "lenient"]
+
+#: Largest accepted ``|amount|``. Features add amounts up (sums, means over a window), and
+#: two amounts near the float64 limit (1.8e308) already add up to ``inf``; below this
+#: bound a billion events still sum to a finite number (1e24), so every feature of an
+#: accepted row is finite. Larger amounts are quarantined as ``amount_out_of_range``.
+MAX_AMOUNT = 1e15
 
 _CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 # Spellings of "no value" that spreadsheet and R/pandas exports write into amount cells.
@@ -118,12 +125,12 @@ def validate_events(
     if AMOUNT in columns:
         amount, amount_bad = _parse_numbers(frame[columns[AMOUNT]])
         is_purchase = _broadcast(ev_labels == "purchase", ev_codes, missing=False)
-        checks += [amount_bad, is_purchase & (amount < 0)]
+        checks += [amount_bad, np.abs(amount) > MAX_AMOUNT, is_purchase & (amount < 0)]
         is_refund = _broadcast(ev_labels == "refund", ev_codes, missing=False)
         # Refunds arrive as +x or -x depending on the source; store the magnitude.
         amount = np.where(is_refund, np.abs(amount), amount)
     else:
-        checks += [None, None]
+        checks += [None, None, None]
     unknown_rows = _broadcast(ev_unknown, ev_codes, missing=False)
     checks.append(unknown_rows if unknown_events == "strict" else None)
 
@@ -186,7 +193,9 @@ def _resolve_columns(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Return contract column -> source column present, and optional ones mapped but absent."""
     present = set(frame.columns)
-    found = ", ".join(map(str, list(frame.columns)[:12])) + (", ..." if frame.shape[1] > 12 else "")
+    # names holding line breaks or other control characters are quoted: one line
+    shown = [n if n.isprintable() else repr(n) for n in map(str, list(frame.columns)[:12])]
+    found = ", ".join(shown) + (", ..." if frame.shape[1] > 12 else "")
     columns: dict[str, str] = {}
     absent: dict[str, str] = {}
     for column in _CONTRACT_COLUMNS:
@@ -211,12 +220,25 @@ def _labels(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         codes = series.cat.codes.to_numpy()
         uniques: Any = series.cat.categories
     else:
-        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        try:
+            codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        except TypeError:  # unhashable cells (a list where an id should be) count as text
+            codes, uniques = pd.factorize(series.map(_cell_text), use_na_sentinel=True)
     values = pd.Index(uniques)
-    if pd.api.types.is_float_dtype(values.dtype) and np.all(np.mod(values.to_numpy(), 1) == 0):
+    if pd.api.types.is_float_dtype(values.dtype) and _whole(values.to_numpy()):
         # Integer ids that pandas widened to float because some were missing.
         values = values.astype("int64")
     return codes.astype(np.int32, copy=False), np.asarray(values.astype(str), dtype=object)
+
+
+def _whole(values: np.ndarray) -> bool:
+    """Every value an integer that a float holds exactly (beyond 2**53, or infinite, an
+    integer cast would give another number)."""
+    return bool(np.all(np.abs(values) <= 2**53) and np.all(np.mod(values, 1) == 0))
+
+
+def _cell_text(value: object) -> str | None:
+    return None if value is None or (isinstance(value, float) and value != value) else str(value)
 
 
 def _broadcast(per_label: np.ndarray, codes: np.ndarray, *, missing: bool) -> np.ndarray:
@@ -305,7 +327,9 @@ def _parse_times(series: pd.Series, unit: str | None, label: str, source: str) -
             continue
         nanos = pc.cast(parsed, pa.int64())
         return (pc.fill_null(nanos, _NAT) if nanos.null_count else nanos).to_numpy()
-    return _nanos(parse_timestamps(series))
+    # the contract's parser gets the cells as text, as a CSV has them: cells of other
+    # kinds (booleans, lists, dates from a JSON or Parquet log) are not times it knows
+    return _nanos(parse_timestamps(arr.to_pandas(types_mapper=None)))
 
 
 def _nanos(times: pd.Series) -> np.ndarray:

@@ -16,28 +16,46 @@ from functools import partial
 from typing import Any
 
 from customer_lifecycle.serving.metrics import Metrics
-from customer_lifecycle.serving.middleware import LimitsMiddleware, RequestContextMiddleware
+from customer_lifecycle.serving.middleware import (
+    ANY_ANSWERS,
+    LIMITED_ANSWERS,
+    LimitsMiddleware,
+    RequestContextMiddleware,
+)
 from customer_lifecycle.serving.playbook import load_playbook
 from customer_lifecycle.serving.registry import Loader, ModelHolder, load_served_model
+from customer_lifecycle.serving.routes import customers, operations, scores
 from customer_lifecycle.serving.routes import model as model_routes
-from customer_lifecycle.serving.routes import operations, scores
 from customer_lifecycle.serving.routes.deps import ServerState, body_schemas
+from customer_lifecycle.serving.schemas import field_errors
 from customer_lifecycle.serving.settings import Settings, get_settings
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 log = logging.getLogger(__name__)
 
 #: The routers, in the order the OpenAPI document lists their paths.
-ROUTERS: tuple[APIRouter, ...] = (scores.router, model_routes.router, operations.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    scores.router,
+    model_routes.router,
+    customers.router,
+    operations.router,
+)
 #: Requests counted against ``max_in_flight`` (the ones that score or load a model).
 _LIMITED = frozenset(
     {("POST", scores.SCORES), ("POST", scores.SCORES_FEATURES), ("POST", model_routes.RELOAD)}
 )
 
 
-def create_app(settings: Settings | None = None, *, loader: Loader | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    loader: Loader | None = None,
+    store_url: str | None = None,
+) -> FastAPI:
     """Build the app.
 
     Parameters
@@ -47,6 +65,8 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     loader
         ``loader(uri, ref) -> ServedModel``; defaults to loading from the registry or a
         bundle directory with the configured playbook.
+    store_url
+        Score store of the lookup routes; defaults to ``LIFECYCLE_STORE_URL`` (none: 404).
     """
     settings = settings or get_settings()
     playbook = load_playbook(settings.playbook_path)
@@ -64,8 +84,11 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
         metrics=metrics,
     )
 
+    store = customers.StoreHandle.from_env(store_url)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.open()
         if state.holder.uri is not None:
             await state.holder.try_reload()
             interval = settings.reload_interval_seconds
@@ -80,6 +103,7 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
             for task in state.tasks:
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)
+            await store.close()
 
     app = FastAPI(
         title="Customer lifecycle API",
@@ -90,12 +114,16 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     # Set here rather than in the lifespan: the server's SIGTERM handler needs it before
     # the app starts (serving.server).
     app.state.server = state
+    app.state.store = store
     for router in ROUTERS:
         _include(app, router)
     app.openapi = _model_aware_openapi(app, state)  # type: ignore[method-assign]
+    app.add_exception_handler(RequestValidationError, _invalid_fields)
     app.add_middleware(
         LimitsMiddleware,
         max_body_bytes=settings.max_body_bytes,
+        max_body_bytes_in_flight=settings.max_body_bytes_in_flight,
+        body_timeout=settings.body_timeout_seconds,
         max_in_flight=settings.max_in_flight,
         retry_after=settings.retry_after_seconds,
         limited=_LIMITED,
@@ -103,6 +131,14 @@ def create_app(settings: Settings | None = None, *, loader: Loader | None = None
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, routes=_route_paths())
     return app
+
+
+async def _invalid_fields(request: Request, exc: Exception) -> Response:
+    """422 with every invalid field, never the offending values in full (see
+    :func:`~serving.schemas.field_errors`): FastAPI's own handler echoes the input, and
+    fails with a 500 on a NaN it cannot write as JSON."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": field_errors(exc.errors())}, status_code=422)
 
 
 def _include(app: FastAPI, router: APIRouter) -> None:
@@ -144,6 +180,7 @@ def _model_aware_openapi(app: FastAPI, state: ServerState) -> Callable[[], dict[
                 routes=app.routes,
             )
             schema["components"]["schemas"].update(body_schemas(*scores.BODIES))
+            _document_limits(schema)
             if model is not None:
                 vector = schema["components"]["schemas"]["CustomerFeatures"]["properties"]
                 value = {"anyOf": [{"type": "number"}, {"type": "null"}]}
@@ -160,3 +197,13 @@ def _model_aware_openapi(app: FastAPI, state: ServerState) -> Callable[[], dict[
         return cache[key]
 
     return openapi
+
+
+def _document_limits(schema: dict[str, Any]) -> None:
+    """Add the answers of :class:`LimitsMiddleware` to every operation they can reach."""
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            responses = operation.setdefault("responses", {})
+            statuses = LIMITED_ANSWERS if (method.upper(), path) in _LIMITED else ANY_ANSWERS
+            for status, doc in statuses.items():
+                responses.setdefault(status, doc)

@@ -11,7 +11,9 @@ replaced, so totals never go back); each gauge says how it combines.
 from __future__ import annotations
 
 import os
+from typing import get_args
 
+from customer_lifecycle.scoring.check import Reason
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -96,6 +98,17 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.reload_failures = Counter(
+            "lifecycle_model_reload_failures",
+            "Reloads that left the served model in place, by reason: the version's files "
+            "were refused (invalid), crashed or outran the check (crashed, timeout), could "
+            "not be fetched (unavailable), the URI named no model (unresolvable), or any "
+            "other error (error).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in get_args(Reason):  # every series from the start, at 0
+            self.reload_failures.labels(reason)
         self._model: tuple[str, str] | None = None
 
     def set_model(self, name: str, version: str, loaded_at: float) -> None:

@@ -6,6 +6,7 @@ calls, and lets the limits answer before the body is read.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -98,18 +99,33 @@ def _client_request_id(scope: Scope) -> str | None:
 
 
 class LimitsMiddleware:
-    """Refuse bodies over ``max_body_bytes`` (413) and scoring beyond ``max_in_flight`` (503).
+    """Read scoring bodies under a deadline and a byte budget, then limit the scoring.
 
-    The body limit checks ``Content-Length`` before anything is read and then counts
-    the bytes actually received, since a chunked body declares no length and the
-    server itself sets no limit. The load limit is a counter acquired without waiting:
-    a request over the limit is answered at once with ``Retry-After``, never queued.
-    The event loop is single-threaded, so the counter needs no lock.
+    For the ``limited`` requests (the ones that score or load a model) the whole body
+    is read here, before the app sees the request, in this order:
+
+    - ``Content-Length`` over ``max_body_bytes``: 413 before anything is read; a body
+      without a declared length (chunked) is counted as it arrives, 413 past the limit.
+    - The body must be complete within ``body_timeout_seconds`` of the request's
+      arrival, else 408 and the connection is closed: a client that declares a length
+      and then trickles or stops holds nothing for longer than that.
+    - The bytes held by bodies being read or served, server-wide, stay within
+      ``max_body_bytes_in_flight``: a chunk that would go over it turns its request into
+      503 + ``Retry-After``. The rest of that body is read and dropped first, so that
+      the answer reaches the client (closing a socket with unread data in it makes the
+      kernel reset the connection, losing the answer). Bytes are reserved as they
+      arrive, so a client holds only what it has actually sent.
+    - Only then, with the body complete, a scoring slot (``max_in_flight``) is taken,
+      without waiting: over the limit, 503 + ``Retry-After`` at once. The slots bound
+      the scoring work, not the waiting for slow clients.
+
+    Other requests only get the size limit, counted as their bodies are read. The
+    event loop is single-threaded, so the counters need no lock.
 
     Parameters
     ----------
     limited
-        ``(method, path)`` pairs that count towards ``max_in_flight``.
+        ``(method, path)`` pairs that are read here and count towards ``max_in_flight``.
     """
 
     def __init__(
@@ -117,6 +133,8 @@ class LimitsMiddleware:
         app: ASGIApp,
         *,
         max_body_bytes: int,
+        max_body_bytes_in_flight: int,
+        body_timeout: float,
         max_in_flight: int,
         retry_after: int,
         limited: frozenset[tuple[str, str]],
@@ -124,11 +142,14 @@ class LimitsMiddleware:
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_body_bytes_in_flight = max_body_bytes_in_flight
+        self.body_timeout = body_timeout
         self.max_in_flight = max_in_flight
         self.retry_after = retry_after
         self.limited = limited
         self.metrics = metrics
         self.in_flight = 0
+        self.buffered = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -137,40 +158,145 @@ class LimitsMiddleware:
         limit = self.max_body_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _send_error(send, 413, _too_large(limit, f"Content-Length {declared}"))
+            # The body is not read: close the connection rather than read it to its end.
+            await _send_error(send, 413, _too_large(limit, f"Content-Length {declared}"), _CLOSE)
             return
-        counted = (scope["method"], scope["path"]) in self.limited
-        if counted:
-            if self.in_flight >= self.max_in_flight:
+        if (scope["method"], scope["path"]) not in self.limited:
+            await self.app(scope, _counted(receive, limit), send)
+            return
+        held = 0  # bytes of this request reserved in self.buffered
+        try:
+            chunks: list[bytes] = []
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    while True:
+                        message = await receive()
+                        if message["type"] != "http.request":
+                            return  # the client went away: nothing to answer
+                        chunk: bytes = message.get("body", b"")
+                        if held + len(chunk) > limit:
+                            detail = _too_large(limit, f"more than {limit} bytes")
+                            await _send_error(send, 413, detail, _CLOSE)
+                            return
+                        if self.buffered + len(chunk) > self.max_body_bytes_in_flight:
+                            self.buffered -= held
+                            held = 0
+                            chunks.clear()
+                            more = message.get("more_body", False)
+                            await self._busy(send, receive if more else None)
+                            return
+                        self.buffered += len(chunk)
+                        held += len(chunk)
+                        chunks.append(chunk)
+                        if not message.get("more_body", False):
+                            break
+            except TimeoutError:
                 detail = (
-                    f"server busy: {self.in_flight} scoring requests in progress "
-                    f"(limit {self.max_in_flight}); retry after {self.retry_after} s"
+                    f"request body not complete within {self.body_timeout:g} s "
+                    "(body_timeout_seconds)"
                 )
+                await _send_error(send, 408, detail, _CLOSE)
+                return
+            if self.in_flight >= self.max_in_flight:
                 await _send_error(
-                    send, 503, detail, [(b"retry-after", str(self.retry_after).encode())]
+                    send,
+                    503,
+                    f"server busy: {self.in_flight} scoring requests in progress "
+                    f"(limit {self.max_in_flight}); retry after {self.retry_after} s",
+                    [(b"retry-after", str(self.retry_after).encode())],
                 )
                 return
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            del chunks
             self.in_flight += 1
             self.metrics.in_flight.set(self.in_flight)
-        received = 0
-
-        async def receive_counted() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    # FastAPI passes an HTTPException raised while reading the body on
-                    # to its handler, which answers 413 with this detail.
-                    raise HTTPException(413, _too_large(limit, f"more than {limit} bytes"))
-            return message
-
-        try:
-            await self.app(scope, receive_counted, send)
-        finally:
-            if counted:
+            try:
+                await self.app(scope, _replay(body, receive), send)
+            finally:
                 self.in_flight -= 1
                 self.metrics.in_flight.set(self.in_flight)
+        finally:
+            self.buffered -= held
+
+    async def _busy(self, send: Send, receive: Receive | None) -> None:
+        """503 for a body over the byte budget, after reading the rest of it and dropping it.
+
+        Draining stays within the body deadline (the caller's ``asyncio.timeout``); the
+        bytes pass through without being kept.
+        """
+        while receive is not None:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        detail = (
+            f"server busy: request bodies in progress hold more than "
+            f"{self.max_body_bytes_in_flight} bytes (max_body_bytes_in_flight); "
+            f"retry after {self.retry_after} s"
+        )
+        await _send_error(send, 503, detail, [(b"retry-after", str(self.retry_after).encode())])
+
+
+_CLOSE = [(b"connection", b"close")]
+
+
+def _answer(description: str, **headers: str) -> dict[str, Any]:
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    doc: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": ref}},
+    }
+    if headers:
+        doc["headers"] = {
+            k: {"description": v, "schema": {"type": "string"}} for k, v in headers.items()
+        }
+    return doc
+
+
+_TOO_LARGE = _answer("The body is larger than max_body_bytes.")
+#: OpenAPI ``responses`` of :class:`LimitsMiddleware` for every request ...
+ANY_ANSWERS: dict[str, dict[str, Any]] = {"413": _TOO_LARGE}
+#: ... and for the ``limited`` ones (the app adds them to the document).
+LIMITED_ANSWERS: dict[str, dict[str, Any]] = {
+    "408": _answer(
+        "The body was not complete within body_timeout_seconds; the connection is closed.",
+        Connection="close",
+    ),
+    "413": _TOO_LARGE,
+    "503": _answer(
+        "Too many requests in progress, or their bodies hold too many bytes.",
+        **{"Retry-After": "Seconds to wait before retrying."},
+    ),
+}
+
+
+def _counted(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises 413 once more than ``limit`` body bytes have arrived."""
+    received = 0
+
+    async def receive_counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                # FastAPI passes an HTTPException raised while reading the body on
+                # to its handler, which answers 413 with this detail.
+                raise HTTPException(413, _too_large(limit, f"more than {limit} bytes"))
+        return message
+
+    return receive_counted
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` that gives the body already read as one message, then waits as usual."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay
 
 
 def _too_large(limit: int, what: str) -> str:

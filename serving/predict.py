@@ -8,8 +8,10 @@ a newer one is swapped in.
 Per request, events become NumPy arrays in one pass over the parsed body and the
 feature engine's array entry point (:func:`features.engine.feature_matrix`, no pandas)
 runs once for all customers. Both heads are then evaluated by
-:class:`scoring.trees.TreeEnsemble`, the boosters flattened at load into arrays walked
-by compiled kernels (checked at load to reproduce LightGBM's raw scores): every stage's
+:class:`scoring.trees.TreeEnsemble`: the bundle's own flattened heads
+(:attr:`scoring.bundle.ModelBundle.stage_trees` and ``churn_trees``, which
+:meth:`~scoring.bundle.ModelBundle.load` has checked to reproduce LightGBM's raw scores),
+arrays walked by compiled kernels: every stage's
 raw score, then the reasons of the predicted stage and of churn; the bundle turns raw
 scores into calibrated probabilities (:meth:`scoring.bundle.ModelBundle.stage_proba_from_raw`
 and ``churn_proba_from_margin``), the one place that does. Reasons are path
@@ -31,7 +33,7 @@ import numba
 import numpy as np
 from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
 from customer_lifecycle.features.engine import feature_matrix
-from customer_lifecycle.scoring.bundle import ModelBundle
+from customer_lifecycle.scoring.bundle import ModelBundle, tree_probe
 from customer_lifecycle.scoring.trees import TreeEnsemble
 from customer_lifecycle.serving.playbook import Playbook
 from customer_lifecycle.serving.reasons import split_multiclass, top_contributions
@@ -99,8 +101,10 @@ class ServedModel:
     ) -> ServedModel:
         """Precompute everything a request needs.
 
-        Raises ``ValueError`` on a bad playbook, or when a head cannot be evaluated
-        exactly by :class:`scoring.trees.TreeEnsemble`.
+        The heads are the bundle's flattened trees, as :meth:`ModelBundle.load` checked
+        them (not flattened and probed again). Raises ``ValueError`` on a bad playbook,
+        or when a head cannot be evaluated exactly by :class:`scoring.trees.TreeEnsemble`
+        (a bundle built in memory, not loaded, is flattened here).
         """
         described = dict(bundle.definition.describe())
         names = tuple(bundle.feature_names)
@@ -122,8 +126,8 @@ class ServedModel:
             _feature_set=frozenset(names),
             _stage_names=np.asarray(bundle.stages, dtype=object),
             _stage_weights=np.asarray(bundle.stage_weights, dtype=np.float64),
-            _stage_trees=_checked_trees(bundle.stage_booster, "stage"),
-            _churn_trees=_checked_trees(bundle.churn_booster, "churn"),
+            _stage_trees=_head(bundle, "stage"),
+            _churn_trees=_head(bundle, "churn"),
             reasons_method=reasons_method,
             _class_boosters=_class_boosters(bundle) if reasons_method == "treeshap" else (),
         )
@@ -262,33 +266,21 @@ class ServedModel:
         return out
 
 
-def _checked_trees(booster: lgb.Booster, head: str) -> TreeEnsemble:
-    """The head as a :class:`TreeEnsemble`, checked against LightGBM on a probe."""
+def _head(bundle: ModelBundle, head: str) -> TreeEnsemble:
+    """The bundle's flattened ``head`` (``stage`` or ``churn``), refused in one line if the
+    tree kernels cannot evaluate it."""
     try:
-        trees = TreeEnsemble.from_booster(booster)
+        trees: TreeEnsemble = getattr(bundle, f"{head}_trees")
     except ValueError as exc:
         raise ValueError(f"the {head} head cannot be served: {exc}") from None
-    probe = _probe(booster.num_feature())
-    expected = np.asarray(booster.predict(probe, raw_score=True), dtype=np.float64)
-    if not np.allclose(trees.raw_scores(probe), expected.reshape(len(probe), -1), atol=1e-9):
-        raise ValueError(f"the {head} head's trees do not reproduce LightGBM's scores")
     return trees
-
-
-def _probe(features: int) -> np.ndarray:
-    """Rows that reach many branches: spread values, zeros and missing values."""
-    rng = np.random.default_rng(0)
-    probe = rng.exponential(10.0, size=(64, features))
-    probe[rng.random(probe.shape) < 0.2] = np.nan
-    probe[0] = 0.0
-    return probe
 
 
 def _class_boosters(bundle: ModelBundle) -> tuple[lgb.Booster, ...]:
     """Per-stage boosters for the reasons, checked to reproduce the stage head's scores."""
     parts = split_multiclass(bundle.stage_booster)
-    probe = _probe(len(bundle.feature_names))
-    raw = np.asarray(bundle.stage_booster.predict(probe, raw_score=True)).reshape(64, -1)
+    probe = tree_probe(len(bundle.feature_names))
+    raw = np.asarray(bundle.stage_booster.predict(probe, raw_score=True)).reshape(len(probe), -1)
     for k, part in enumerate(parts):
         if not np.allclose(part.predict(probe, raw_score=True), raw[:, k], rtol=0, atol=1e-9):
             raise ValueError(f"the stage head could not be split by class (class {k} differs)")

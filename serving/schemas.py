@@ -13,7 +13,10 @@ from the OpenAPI document, or a fuzzer, knows what is accepted.
 
 from __future__ import annotations
 
+import calendar
+import math
 import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -33,31 +36,56 @@ from pydantic import (
 )
 
 _EVENT_TYPES = frozenset(CANONICAL_EVENT_TYPES)
-# Times are kept as nanoseconds since the epoch in int64, as in the event files.
-_EARLIEST = datetime(1678, 1, 1, tzinfo=UTC)
-_LATEST = datetime(2262, 1, 1, tzinfo=UTC)
-# RFC 3339 date-time with a year in 1678-2261 (ISO 8601 without an offset is accepted
-# too and read as UTC; the schema names the zoned form clients should send).
-_TIME_PATTERN = (
-    r"^(167[89]|16[89]\d|1[7-9]\d\d|2[01]\d\d|22[0-5]\d|226[01])-(0[1-9]|1[0-2])-"
-    r"(0[1-9]|[12]\d|3[01])[Tt ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,9})?"
-    r"([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+# Times are kept as nanoseconds since the epoch in int64, as in the event files: the
+# range of such times, less a day (so that any offset on a time of the years the
+# pattern below admits stays inside).
+_EARLIEST = datetime(1677, 9, 22, tzinfo=UTC)
+_LATEST = datetime(2262, 4, 11, tzinfo=UTC)
+# The time forms accepted, the same for the API and for event files (docs/events.md):
+# an ISO 8601 date, optionally with a time (hh:mm, seconds and up to nanoseconds
+# optional), optionally with an offset (Z, +hh:mm or +hhmm); a real day (February 29
+# in leap years only) of a year in 1678-2261 (the range of nanosecond times). The
+# pattern says it all, so the OpenAPI document is exact. The file loader reads every
+# such text to the same instant (tests/serving/test_hostile.py checks it). Epoch
+# numbers, in text or not, are not times here: a file says its epoch unit in its
+# mapping, a request cannot.
+_YEAR = r"(167[89]|16[89]\d|1[7-9]\d\d|2[01]\d\d|22[0-5]\d|226[01])"
+_LEAP_YEAR = "(" + "|".join(str(y) for y in range(1678, 2262) if calendar.isleap(y)) + ")"
+_DATE = (
+    f"({_YEAR}-((0[13578]|1[02])-(0[1-9]|[12]\\d|3[01])|(0[469]|11)-(0[1-9]|[12]\\d|30)"
+    f"|02-(0[1-9]|1\\d|2[0-8]))|{_LEAP_YEAR}-02-29)"
 )
+_TIME_PATTERN = (
+    f"^{_DATE}"
+    r"([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,9})?)?(Z|[+-]([01]\d|2[0-3]):?[0-5]\d)?)?$"
+)
+_TIME_TEXT = re.compile(_TIME_PATTERN)
 # What counts as blank: Python's whitespace (what the file loader strips) plus the
 # byte-order mark, spelled out so JSON Schema's regex dialect reads it the same way.
 _BLANK = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 )
 _NOT_BLANK = re.compile(f"[^{_BLANK}]")
+#: Strings echoed in a 422 answer are cut to this many characters.
+_ECHO_CHARS = 64
 _TIME_DOC = (
-    "ISO 8601 time; without an offset it is UTC. Years 1678-2261 (the range of nanosecond times)."
+    "ISO 8601 time: YYYY-MM-DD, optionally with Thh:mm[:ss[.fffffffff]] and an offset "
+    "(Z, +hh:mm, +hhmm); without an offset it is UTC. Years 1678-2261 (the range of "
+    "nanosecond times). The forms an event file accepts (docs/events.md)."
 )
 
 
 def _utc_time(value: object, handler: ValidatorFunctionWrapHandler) -> datetime:
     # One Python call per time: pydantic parses the text, this names the failure with
     # the loader's reason, reads naive times as UTC and checks the range.
-    if not isinstance(value, str | datetime):
+    if isinstance(value, str):
+        # fullmatch: "$" alone would let a trailing newline through.
+        if _TIME_TEXT.fullmatch(value) is None:
+            raise ValueError(
+                "unparseable_timestamp: expected an ISO 8601 time such as "
+                "2024-06-01T10:00:00Z (a date, optionally a time and an offset)"
+            )
+    elif not isinstance(value, datetime):
         raise ValueError("unparseable_timestamp: expected an ISO 8601 time string")
     try:
         parsed: datetime = handler(value)
@@ -65,7 +93,10 @@ def _utc_time(value: object, handler: ValidatorFunctionWrapHandler) -> datetime:
         raise ValueError(f"unparseable_timestamp: {exc.errors()[0]['msg']}") from None
     parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     if not _EARLIEST <= parsed < _LATEST:
-        raise ValueError("unparseable_timestamp: time outside the supported years 1678-2261")
+        raise ValueError(
+            "unparseable_timestamp: time outside the range of nanosecond times "
+            "(1677-09-22 to 2262-04-11)"
+        )
     return parsed
 
 
@@ -76,7 +107,6 @@ UtcTime = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "format": "date-time",
             "pattern": _TIME_PATTERN,
             "description": _TIME_DOC,
         }
@@ -89,8 +119,8 @@ def _event_type(value: str) -> str:
     if not name:
         raise ValueError("missing_event_type: event_type is blank")
     if name not in _EVENT_TYPES:
-        hint = did_you_mean(name, CANONICAL_EVENT_TYPES)
-        raise ValueError(f"unknown_event_type: {name!r} is not a canonical event type{hint}")
+        hint = did_you_mean(name, CANONICAL_EVENT_TYPES) if len(name) <= _ECHO_CHARS else ""
+        raise ValueError(f"unknown_event_type: {_cut(name)!r} is not a canonical event type{hint}")
     return name
 
 
@@ -299,6 +329,68 @@ class ErrorBody(BaseModel):
     """Error responses other than 422."""
 
     detail: str
+
+
+class FieldError(BaseModel):
+    """One invalid field of a 422 answer."""
+
+    type: str = Field(description="The kind of error (pydantic's error type).")
+    loc: list[str | int] = Field(description="Where: 'body', then keys and list indices.")
+    msg: str = Field(description="What is wrong; for event rows it starts with the reason.")
+    input: str | int | float | bool | None = Field(
+        default=None,
+        description="The offending value when it is short and plain: strings are cut to "
+        f"{_ECHO_CHARS} characters; lists, objects, non-finite and very large numbers "
+        "are left out.",
+    )
+
+
+class ValidationErrorBody(BaseModel):
+    """A 422 answer: every invalid field (up to a bound), each with its location."""
+
+    detail: list[FieldError]
+
+
+#: A 422 answer lists at most this many errors.
+MAX_FIELD_ERRORS = 50
+_OMIT = object()
+
+
+def field_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic's errors as JSON-safe :class:`FieldError` dicts, bounded.
+
+    The input is not echoed in full: a client's body may carry anything (NaN, huge
+    numbers or strings, deep structures), and echoing it could not be serialised as
+    JSON, or would send megabytes back. At most 50 errors are listed.
+    """
+    out: list[dict[str, Any]] = []
+    for error in errors[:MAX_FIELD_ERRORS]:
+        item: dict[str, Any] = {
+            "type": str(error.get("type", "value_error")),
+            "loc": [p if isinstance(p, int) else _cut(str(p)) for p in error.get("loc", ())],
+            "msg": _cut(str(error.get("msg", "")), 500),
+        }
+        echoed = _echo(error.get("input"))
+        if echoed is not _OMIT:
+            item["input"] = echoed
+        out.append(item)
+    return out
+
+
+def _cut(text: str, limit: int = _ECHO_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _echo(value: object) -> object:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return _cut(value)
+    if isinstance(value, int):
+        return value if abs(value) < 2**53 else _OMIT
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _OMIT
+    return _OMIT
 
 
 def error_doc(description: str, **headers: str) -> dict[str, Any]:

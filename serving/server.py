@@ -14,6 +14,12 @@ line or in a log.
 The workers write their Prometheus metrics to files in a private temporary directory that
 the supervisor makes (and removes when it exits), so that ``/metrics`` of any worker
 reports all of them (see :mod:`serving.metrics`).
+
+Exit status, in one process as with workers: 0 once a SIGTERM or SIGINT has stopped the
+server (uvicorn's own single-process server would raise the signal again and die of
+it); 3 when the workers cannot start. A model that cannot be loaded never stops the
+server: it serves without one (503) until a valid version is promoted
+(:mod:`serving.registry`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from customer_lifecycle.serving.metrics import MULTIPROC_DIR_ENV
 from customer_lifecycle.serving.settings import Settings
 from prometheus_client.multiprocess import mark_process_dead
 from uvicorn.config import STARTUP_FAILURE
+from uvicorn.server import HANDLED_SIGNALS
 from uvicorn.supervisors import Multiprocess
 
 if TYPE_CHECKING:
@@ -88,6 +95,26 @@ class _DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._drain(sig, frame)
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, except that the signal is not raised again once the server stopped.
+
+        uvicorn restores the previous handlers, then raises the signal that stopped it
+        once more, so that the process ends as the signal's default action would: killed
+        by SIGTERM (status 143 in a shell), or KeyboardInterrupt on SIGINT. Here the
+        signal asked for a graceful stop and got one: the process exits 0, as the
+        supervisor of several workers does.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals can only be handled on the main thread
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 class _Supervisor(Multiprocess):

@@ -44,8 +44,24 @@ class Settings(BaseSettings):
     max_customers_per_request: int = Field(default=1000, ge=1)
     max_events_per_customer: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_body_bytes_in_flight: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of scoring request bodies the server holds at once (being read, "
+        "parsed or scored); a body that would go over it is answered 503 + Retry-After. "
+        "Bounds the memory of concurrent large requests; at least max_body_bytes.",
+    )
+    body_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A scoring request's body must be complete this long after the request "
+        "arrives, else 408 and the connection is closed.",
+    )
     max_in_flight: int = Field(
-        default=32, ge=1, description="Scoring requests in progress before 503 + Retry-After."
+        default=32,
+        ge=1,
+        description="Scoring requests being scored (their bodies complete) before 503 + "
+        "Retry-After.",
     )
     retry_after_seconds: int = Field(default=1, ge=0)
     inline_event_limit: int = Field(
@@ -86,6 +102,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(k.strip() for k in value.split(",") if k.strip())
         return value
+
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> Settings:
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) is below "
+                f"max_body_bytes ({self.max_body_bytes}): no body of the largest size "
+                "could ever be accepted"
+            )
+        return self
 
     @model_validator(mode="after")
     def _keys_present(self) -> Settings:

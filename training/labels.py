@@ -189,6 +189,46 @@ def load_rulebook(
     )
 
 
+def rulebook_for(
+    path: str | Path | None, *, taxonomy: Taxonomy, definition: FeatureDefinition
+) -> tuple[Rulebook | None, str]:
+    """The rulebook of a run and what the run records about it, or ``None`` when it does not fit.
+
+    A rulebook fits a taxonomy when every stage it names (in its rules and ``default``)
+    is a stage or a synonym of the taxonomy; it need not name every stage. A rulebook
+    given as ``path`` is meant for the run's taxonomy, so one that does not fit is an
+    error (most likely a typo), as any other fault of the file. The shipped rulebook is
+    written for the default taxonomy: with another taxonomy it is left out and the
+    second value says why.
+
+    Returns
+    -------
+    rulebook : Rulebook or None
+        ``None`` when the shipped rulebook does not fit ``taxonomy``.
+    note : str
+        ``"rulebook FILE"``, ``"the shipped rulebook"``, or ``"skipped: <reason>"``.
+
+    Raises
+    ------
+    ValueError
+        One line, for a rulebook file that cannot be read or does not fit.
+    """
+    if path is not None:
+        return load_rulebook(path, taxonomy=taxonomy, definition=definition), f"rulebook {path}"
+    shipped = resources.files("customer_lifecycle.training.config") / "rulebook.yaml"
+    context = {"features": definition.feature_names(), "taxonomy": None}
+    spec, _ = load_config(RulebookFile, None, what="rulebook", default=shipped, context=context)
+    named = [rule.stage for rule in spec.rules] + ([spec.default] if spec.default else [])
+    lacking = list(dict.fromkeys(s for s in named if not taxonomy.knows(s)))
+    if lacking:
+        return None, (
+            f"skipped: the shipped rulebook names stages the taxonomy lacks "
+            f"({', '.join(lacking)}); pass --rulebook with rules for "
+            f"{', '.join(taxonomy.stages)}"
+        )
+    return load_rulebook(None, taxonomy=taxonomy, definition=definition), "the shipped rulebook"
+
+
 def churn_labels(
     events: pd.DataFrame,
     snapshots: pd.DataFrame,

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from customer_lifecycle.training.metrics import calibration_bins, expected_calibration_error
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
@@ -129,12 +130,14 @@ def multiclass_calibration_figure(
     fig = Figure(figsize=(6.5, 6), layout="constrained")
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    # A taxonomy has up to 12 stages; the default cycle repeats its colours after 10.
+    palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
     for i, name in enumerate(names):
         hit = (yt == name).astype(np.float64)
         col = np.clip(prob[:, i], 0.0, 1.0)
         mean_p, frac_pos, _ = calibration_bins(hit, col, bins=bins)
         ece = expected_calibration_error(hit, col, bins=bins)
-        ax.plot(mean_p, frac_pos, marker="o", label=f"{name} (ECE {ece:.3f})")
+        ax.plot(mean_p, frac_pos, marker="o", color=palette(i), label=f"{name} (ECE {ece:.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("mean predicted probability")

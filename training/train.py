@@ -9,6 +9,7 @@ them), plots, and the model, once, as a pyfunc.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,12 +28,13 @@ from customer_lifecycle.features.taxonomy import Taxonomy, load_taxonomy
 from customer_lifecycle.scoring.bundle import ModelBundle
 from customer_lifecycle.scoring.pyfunc import BUNDLE_ARTIFACT, MODEL_CODE, load_bundle
 from customer_lifecycle.training import btyd, metrics, models, plots, tracking
+from customer_lifecycle.training.eligibility import TrainingCounts, require_trainable
 from customer_lifecycle.training.labels import (
     Rulebook,
     check_horizon,
     churn_labels,
     load_labels,
-    load_rulebook,
+    rulebook_for,
 )
 from customer_lifecycle.training.model_env import model_environment
 from mlflow.models import infer_signature
@@ -112,6 +114,14 @@ def train(
     labels_path
         CRM label file ``customer_id, stage[, as_of]``; without it the rulebook labels
         every customer seen before ``as_of`` and the run records that.
+    taxonomy_path
+        A shipped taxonomy's name (``hubspot``) or a taxonomy YAML file; ``None`` is the
+        default taxonomy. The model stores its stages and synonyms.
+    rulebook_path
+        A rulebook for the taxonomy's stages. Without it the shipped rulebook is used
+        when it fits the taxonomy (:func:`~customer_lifecycle.training.labels.rulebook_for`);
+        otherwise the rulebook baseline is skipped, and the run records that (param and
+        tag ``rulebook_baseline``), or, without a label file, the run is refused.
     register
         Register the model under this name. ``promote_if_better`` then moves the
         ``champion`` alias to the new version if it beats the current champion on this
@@ -126,9 +136,11 @@ def train(
     config = config or TrainConfig()
     taxonomy = load_taxonomy(taxonomy_path)
     definition = load_definition(definition_path)
-    rulebook = load_rulebook(rulebook_path, taxonomy=taxonomy, definition=definition)
+    rulebook, rulebook_note = rulebook_for(rulebook_path, taxonomy=taxonomy, definition=definition)
     if promote_if_better and not register:
         raise ValueError("--promote-if-better needs --register NAME")
+    if labels_path is None:
+        _check_rulebook_labels(as_of, rulebook, rulebook_note, taxonomy)
 
     events, load_summary = load_events(
         events_path,
@@ -139,12 +151,13 @@ def train(
     if labels_path is not None:
         labels = load_labels(labels_path, taxonomy=taxonomy, as_of=as_of)
         label_source = f"label file {labels_path}"
-    elif as_of is None:
-        raise ValueError("without --labels, --as-of is needed for the rulebook's labels")
     else:
+        assert rulebook is not None  # checked above
         labels = rulebook_labels(events, parse_as_of(as_of), rulebook, definition)
         label_source = "rulebook (no label file given)"
         say(f"no label file: stage labels come from the rulebook at {as_of}")
+    if rulebook is None:
+        say(f"rulebook baseline {rulebook_note}")
     check_horizon(events, labels["as_of"], config.horizon_days)
 
     examples, dropped = build_examples(events, labels, taxonomy, definition, config)
@@ -153,6 +166,15 @@ def train(
             f"warning: {dropped:,} labelled snapshot(s) have no events before their as_of "
             "and are left out"
         )
+    # the gate of `lifecycle check`: refuse, before fitting, data below the minimums
+    require_trainable(
+        TrainingCounts.of(
+            examples.keys[CUSTOMER_ID].astype(str),
+            np.asarray(taxonomy.stages, dtype=object)[examples.stage],
+            examples.churn,
+            stages=taxonomy.stages,
+        )
+    )
     train_ex, cal_ex, valid_ex, split_kind = split_examples(examples, config)
     say(
         f"examples: {len(train_ex.stage):,} train, {len(cal_ex.stage):,} calibration, "
@@ -189,7 +211,11 @@ def train(
         churn_platt=churn_head.platt,
         horizon_days=config.horizon_days,
         risk_thresholds=config.risk_thresholds,
-        metadata={"label_source": label_source, "qualifying": config.qualifying},
+        metadata={
+            "label_source": label_source,
+            "qualifying": config.qualifying,
+            "taxonomy": taxonomy.to_dict(),
+        },
     )
 
     scores = evaluate_bundle(bundle, valid_ex, taxonomy)
@@ -220,6 +246,7 @@ def train(
             s: int((examples.stage == k).sum()) for k, s in enumerate(taxonomy.stages)
         },
         "churn_rate": float(examples.churn.mean()),
+        "rulebook_baseline": rulebook_note,
     }
 
     tracking.configure(experiment)
@@ -231,12 +258,16 @@ def train(
             "events_path": str(events_path),
             "split": split_kind,
             "taxonomy": ",".join(taxonomy.stages),
+            "rulebook_baseline": rulebook_note,
         }
         mlflow.log_params(params)
+        mlflow.set_tag("rulebook_baseline", "skipped" if rulebook is None else "run")
         mlflow.log_dict(definition.to_dict(), "config/feature_definition.json")
-        mlflow.log_dict(rulebook.to_dict(), "config/rulebook.json")
+        mlflow.log_dict(taxonomy.to_dict(), "config/taxonomy.json")
+        if rulebook is not None:
+            mlflow.log_dict(rulebook.to_dict(), "config/rulebook.json")
         mlflow.log_dict(summary, "data_summary.json")
-        mlflow.log_metrics({k: float(v) for k, v in all_metrics.items() if np.isfinite(v)})
+        mlflow.log_metrics(mlflow_metrics(all_metrics))
         _log_plots(bundle, valid_ex, taxonomy, scores, baseline_scores)
         bundle.metadata["run_id"] = run.info.run_id
         info = _log_model(bundle, valid_ex, register)
@@ -249,6 +280,37 @@ def train(
     return TrainResult(
         run.info.run_id, model_uri, str(version) if version else None, promoted, all_metrics
     )
+
+
+def _check_rulebook_labels(
+    as_of: object, rulebook: Rulebook | None, note: str, taxonomy: Taxonomy
+) -> None:
+    """Refuse, before any work, a run that needs rulebook labels it cannot have."""
+    if rulebook is None:
+        reason = note.removeprefix("skipped: ").split(";")[0]
+        raise ValueError(
+            "a label file (--labels) or a rulebook for the stages "
+            f"{', '.join(taxonomy.stages)} (--rulebook) is needed: {reason}"
+        )
+    if as_of is None:
+        raise ValueError("without --labels, --as-of is needed for the rulebook's labels")
+
+
+# MLflow metric names take letters, digits and _ - . space (and / :, which read as paths).
+_METRIC_UNSAFE = re.compile(r"[^\w.\- ]")
+
+
+def mlflow_metrics(values: dict[str, float]) -> dict[str, float]:
+    """Finite metrics under names MLflow accepts (a stage's name is part of some).
+
+    Characters MLflow refuses become ``_``; should two stages then give one name, the
+    first keeps it (the returned metrics of :func:`train` keep the stages' own names).
+    """
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if np.isfinite(value):
+            out.setdefault(_METRIC_UNSAFE.sub("_", key), float(value))
+    return out
 
 
 # -- examples and split -----------------------------------------------------------------
@@ -376,10 +438,13 @@ def baselines(
     train_ex: Examples,
     valid_ex: Examples,
     taxonomy: Taxonomy,
-    rulebook: Rulebook,
+    rulebook: Rulebook | None,
     config: TrainConfig,
 ) -> Scores:
-    """Majority and rulebook for stage; recency, RFM logistic and BG/NBD for churn."""
+    """Majority and rulebook for stage; recency, RFM logistic and BG/NBD for churn.
+
+    ``rulebook`` is ``None`` when no rulebook fits the taxonomy: no rulebook scores.
+    """
     classes = list(taxonomy.stages)
     y_names = np.asarray(classes, dtype=object)[valid_ex.stage]
     k = len(classes)
@@ -390,14 +455,15 @@ def baselines(
     out.update(
         _prefixed("baseline_majority_stage", metrics.stage_metrics(y_names, majority, classes))
     )
-    rule_pred = rulebook.apply(valid_ex.X)
-    rule_proba = np.stack([(rule_pred == s).astype(float) for s in classes], axis=1)
-    out.update(
-        _prefixed(
-            "baseline_rulebook_stage",
-            metrics.stage_metrics(y_names, rule_proba, classes, y_pred=rule_pred),
+    if rulebook is not None:
+        rule_pred = rulebook.apply(valid_ex.X)
+        rule_proba = np.stack([(rule_pred == s).astype(float) for s in classes], axis=1)
+        out.update(
+            _prefixed(
+                "baseline_rulebook_stage",
+                metrics.stage_metrics(y_names, rule_proba, classes, y_pred=rule_pred),
+            )
         )
-    )
 
     churn_scores: dict[str, np.ndarray] = {}
     rec_tr = models.rfm_matrix(train_ex.X)[:, :1]
@@ -573,6 +639,12 @@ def _promote_if_better(
             say(f"champion {current} cannot be loaded ({exc}); the new version replaces it")
             champ = None
         old_score = -np.inf
+        if champ is not None and tuple(champ.stages) != tuple(taxonomy.stages):
+            say(
+                f"champion {current} has other stages ({', '.join(champ.stages)}); "
+                "the new version replaces it"
+            )
+            champ = None
         if champ is not None:
             old = evaluate_bundle(champ, ex, taxonomy).metrics
             old_score = old["stage_macro_f1"] + old["churn_roc_auc"]
@@ -599,6 +671,30 @@ def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}_{k}": float(v) for k, v in values.items()}
 
 
+def model_taxonomy(bundle: ModelBundle, taxonomy_path: str | Path | None = None) -> Taxonomy:
+    """The taxonomy a model was trained with: its stages and the synonyms it stores.
+
+    With ``taxonomy_path`` (a shipped name or a file), that taxonomy's synonyms are used
+    instead; its stages must be the model's, in the same order. A model trained before
+    models stored synonyms gets its stage names alone.
+    """
+    if taxonomy_path is not None:
+        taxonomy = load_taxonomy(taxonomy_path)
+        if tuple(taxonomy.stages) != tuple(bundle.stages):
+            raise ValueError(
+                f"the model's stages {list(bundle.stages)} differ from the taxonomy's "
+                f"{list(taxonomy.stages)}"
+            )
+        return taxonomy
+    stored = bundle.metadata.get("taxonomy")
+    if not isinstance(stored, dict):
+        return Taxonomy(stages=tuple(bundle.stages))
+    taxonomy = Taxonomy.from_dict(stored, source="the model's taxonomy")
+    if tuple(taxonomy.stages) != tuple(bundle.stages):
+        raise ValueError("the model's taxonomy does not list the model's stages")
+    return taxonomy
+
+
 def evaluate_model(
     events_path: str | Path,
     *,
@@ -611,26 +707,31 @@ def evaluate_model(
     rulebook_path: str | Path | None = None,
     say: Say = print,
 ) -> dict[str, float]:
-    """A model's metrics on labelled snapshots of a log (every snapshot, no split)."""
+    """A model's metrics on labelled snapshots of a log (every snapshot, no split).
+
+    Stage labels are read through the model's own taxonomy (:func:`model_taxonomy`), so
+    the synonyms it was trained with work; ``taxonomy_path`` replaces them. Without a
+    label file, the rulebook labels every customer seen before ``as_of`` when it fits
+    the model's stages (:func:`~customer_lifecycle.training.labels.rulebook_for`).
+    """
     bundle = load_bundle(model)
-    taxonomy = load_taxonomy(taxonomy_path)
-    if tuple(taxonomy.stages) != tuple(bundle.stages):
-        raise ValueError(
-            f"the model's stages {list(bundle.stages)} differ from the taxonomy's "
-            f"{list(taxonomy.stages)}"
-        )
+    taxonomy = model_taxonomy(bundle, taxonomy_path)
     config = TrainConfig(
         horizon_days=horizon_days or bundle.horizon_days,
         qualifying=str(bundle.metadata.get("qualifying", "any")),
     )
+    rulebook = None
+    if labels_path is None:
+        rulebook, note = rulebook_for(
+            rulebook_path, taxonomy=taxonomy, definition=bundle.definition
+        )
+        _check_rulebook_labels(as_of, rulebook, note, taxonomy)
     events, summary = load_events(events_path, mapping=load_mapping(mapping))
     say(str(summary))
     if labels_path is not None:
         labels = load_labels(labels_path, taxonomy=taxonomy, as_of=as_of)
-    elif as_of is None:
-        raise ValueError("without --labels, --as-of is needed for the rulebook's labels")
     else:
-        rulebook = load_rulebook(rulebook_path, taxonomy=taxonomy, definition=bundle.definition)
+        assert rulebook is not None  # checked above
         labels = rulebook_labels(events, parse_as_of(as_of), rulebook, bundle.definition)
     check_horizon(events, labels["as_of"], config.horizon_days)
     ex, dropped = build_examples(events, labels, taxonomy, bundle.definition, config)

@@ -1,1 +1,1 @@
-"""Shipped configuration files: the feature definition and the stage taxonomy."""
+"""Shipped configuration files: the feature definition and the stage taxonomies."""

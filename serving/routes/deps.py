@@ -20,7 +20,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from customer_lifecycle.serving.metrics import Metrics
 from customer_lifecycle.serving.predict import ServedModel
 from customer_lifecycle.serving.registry import ModelHolder
-from customer_lifecycle.serving.schemas import error_doc
+from customer_lifecycle.serving.schemas import MAX_FIELD_ERRORS, error_doc
 from customer_lifecycle.serving.settings import Settings
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -102,6 +102,8 @@ def _check_key(state: ServerState, credentials: HTTPAuthorizationCredentials | N
 Authorized = [Depends(require_api_key)]
 
 _Body = TypeVar("_Body", bound=BaseModel)
+#: Bodies up to this size are validated on the event loop (at most a few milliseconds).
+_INLINE_BODY_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -138,13 +140,18 @@ def scoring_call(schema: type[_Body]) -> Callable[..., Any]:
         model = _model_or_503(state)
         raw = await request.body()
         try:
-            body = schema.model_validate_json(raw)
+            if len(raw) <= _INLINE_BODY_BYTES:
+                body = schema.model_validate_json(raw)
+            else:
+                # Parsing a large body takes up to a second: in a worker thread, the
+                # event loop goes on reading other requests and answering probes.
+                body = await asyncio.to_thread(schema.model_validate_json, raw)
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             if errors and errors[0]["type"] == "json_invalid":
                 raise HTTPException(400, f"the body is not JSON text: {errors[0]['msg']}") from None
             raise RequestValidationError(
-                [{**e, "loc": ("body", *e["loc"])} for e in errors]
+                [{**e, "loc": ("body", *e["loc"])} for e in errors[:MAX_FIELD_ERRORS]]
             ) from None
         return ScoringCall(state, model, body)
 

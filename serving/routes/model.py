@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from customer_lifecycle.scoring.check import Reason
+from customer_lifecycle.serving.registry import ModelHolder
 from customer_lifecycle.serving.routes.deps import (
     UNAUTHORIZED,
     UNAVAILABLE,
@@ -11,6 +15,7 @@ from customer_lifecycle.serving.routes.deps import (
 )
 from customer_lifecycle.serving.schemas import ModelInfo, ReloadResult, RiskThresholds, error_doc
 from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field
 
 MODEL = "/v1/model"
 RELOAD = "/v1/admin/reload"
@@ -18,15 +23,54 @@ RELOAD = "/v1/admin/reload"
 router = APIRouter(tags=["model"], dependencies=Authorized)
 
 
+class RefusedModel(BaseModel):
+    """A model version the server refused to serve, and why."""
+
+    uri: str = Field(description="The model URI configured.")
+    version: str | None = Field(
+        description="The version refused; null when the URI named no version."
+    )
+    reason: Reason = Field(
+        description="invalid: the files were refused; crashed or timeout: checking them "
+        "killed the check or outran it; unavailable: they could not be fetched; "
+        "unresolvable: the URI named no model; error: anything else."
+    )
+    error: str = Field(description="Why, in one line.")
+    refused_at: datetime
+
+
+class ServedModelInfo(ModelInfo):
+    """:class:`ModelInfo`, and the last version this server refused, if any."""
+
+    last_refused: RefusedModel | None = Field(
+        default=None,
+        description="The last model version refused (the served model stayed in place); "
+        "null if none was.",
+    )
+
+
+def _last_refused(holder: ModelHolder) -> RefusedModel | None:
+    refused = holder.refused
+    if refused is None:
+        return None
+    return RefusedModel(
+        uri=refused.uri,
+        version=refused.version,
+        reason=refused.reason,
+        error=refused.error,
+        refused_at=refused.refused_at,
+    )
+
+
 @router.get(
     MODEL,
-    response_model=ModelInfo,
+    response_model=ServedModelInfo,
     responses={401: UNAUTHORIZED, 503: UNAVAILABLE},
     summary="The model being served",
 )
-async def model_info(model: CurrentModel) -> ModelInfo:
+async def model_info(model: CurrentModel, state: State) -> ServedModelInfo:
     bundle = model.bundle
-    return ModelInfo(
+    return ServedModelInfo(
         name=model.name,
         version=model.version,
         uri=model.uri,
@@ -40,6 +84,7 @@ async def model_info(model: CurrentModel) -> ModelInfo:
         ),
         reasons_method=model.reasons_method,
         loaded_at=model.loaded_at,
+        last_refused=_last_refused(state.holder),
     )
 
 
@@ -54,8 +99,9 @@ async def model_info(model: CurrentModel) -> ModelInfo:
     summary="Load the model the URI points at now (for example a new champion)",
 )
 async def reload_model(state: State) -> ReloadResult:
-    """Resolve the model URI again and swap in the new version once it is fully loaded.
-    In-flight requests finish on the model they started with."""
+    """Resolve the model URI again and swap in the new version once it is checked and
+    fully loaded; a version refused before is tried again. In-flight requests finish on
+    the model they started with; a refused version leaves the served one in place."""
     if state.holder.uri is None:
         raise HTTPException(
             503,

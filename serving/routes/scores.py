@@ -14,7 +14,6 @@ from typing import Annotated, Any
 from customer_lifecycle.serving.predict import MissingFeatures
 from customer_lifecycle.serving.routes.deps import (
     UNAUTHORIZED,
-    UNAVAILABLE,
     ScoringCall,
     ServerState,
     json_body_doc,
@@ -25,6 +24,7 @@ from customer_lifecycle.serving.schemas import (
     ScoreEventsRequest,
     ScoreFeaturesRequest,
     ScoreResponse,
+    ValidationErrorBody,
     error_doc,
 )
 from fastapi import APIRouter, Depends, HTTPException
@@ -40,9 +40,17 @@ _MAX_MISSING_REPORTED = 20
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: error_doc("The body cannot be read as JSON text."),
     401: UNAUTHORIZED,
+    408: error_doc(
+        "The body was not complete within body_timeout_seconds; the connection is closed.",
+        Connection="close",
+    ),
     413: error_doc("Body, customers per request or events per customer over the limit."),
-    422: {"description": "A field is invalid; `loc` points at it."},
-    503: UNAVAILABLE,
+    422: {"model": ValidationErrorBody, "description": "A field is invalid; `loc` points at it."},
+    503: error_doc(
+        "No model is loaded yet, too many requests are in progress, or their bodies hold "
+        "too many bytes (max_body_bytes_in_flight).",
+        **{"Retry-After": "Seconds to wait before retrying."},
+    ),
 }
 
 EventsCall = Annotated[ScoringCall[ScoreEventsRequest], Depends(scoring_call(ScoreEventsRequest))]

@@ -8,7 +8,9 @@ into one line on stderr with exit status 2.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -46,6 +48,13 @@ QuarantineOption = Annotated[
     typer.Option(help="Where to write bad rows (default: <events>.quarantine.csv)."),
 ]
 SparkMasterOption = Annotated[str, typer.Option(help="Spark master URL for --engine spark.")]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Score store: a SQLite file path or a SQLAlchemy URL "
+        "(postgresql+psycopg://user@host/db); see docs/api.md."
+    ),
+]
 
 
 def user_errors(func: F) -> F:
@@ -68,8 +77,76 @@ def user_errors(func: F) -> F:
         except KeyboardInterrupt:
             typer.echo("interrupted: no output was written", err=True)
             raise typer.Exit(code=130) from None
+        except Stopped as exc:
+            typer.echo(f"stopped by {exc.name}: no output was written", err=True)
+            raise typer.Exit(code=128 + exc.signum) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class Stopped(BaseException):
+    """A stop signal (SIGTERM, SIGHUP) raised in the main thread, as Ctrl-C raises
+    ``KeyboardInterrupt``: the run unwinds through the same clean-up (temporary files,
+    spill directories) and :func:`user_errors` exits with ``128 + signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+#: Signals that stop a run the way Ctrl-C does (SIGINT already raises KeyboardInterrupt).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def stops_cleanly(func: F) -> F:
+    """Turn SIGTERM and SIGHUP into :class:`Stopped` while ``func`` runs (under
+    :func:`user_errors`), instead of dying with files half written."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return func(*args, **kwargs)  # handlers can only be set in the main thread
+
+        def stop(signum: int, frame: object) -> None:
+            # a second signal must not cut the clean-up short
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
+            raise Stopped(signum)
+
+        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+        try:
+            return func(*args, **kwargs)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _refuse_overwrites(
+    inputs: dict[str, object], outputs: dict[str, object] | list[tuple[str, Path]]
+) -> None:
+    """Refuse, in one line and before any work, a run whose output is one of its inputs
+    (or inside one), or another of its outputs (:mod:`features.paths`)."""
+    from customer_lifecycle.features.paths import refuse_overlaps
+
+    written = outputs.items() if isinstance(outputs, dict) else outputs
+    refuse_overlaps(
+        # inputs that are not files (preset names, model URIs) cannot be overwritten
+        [(k, Path(str(v))) for k, v in inputs.items() if v is not None and Path(str(v)).exists()],
+        [(k, Path(str(v))) for k, v in written if v is not None],
+    )
+
+
+def _quarantine_output(events: Path, quarantine: Path | None) -> dict[str, object]:
+    from customer_lifecycle.features.events import default_quarantine_path
+
+    if quarantine is not None:
+        return {"--quarantine": quarantine}
+    return {"the quarantine file": default_quarantine_path(events)}
 
 
 def _progress_bar(description: str) -> tuple[Any, Callable[[int, int], None]]:
@@ -95,6 +172,7 @@ def _progress_bar(description: str) -> tuple[Any, Callable[[int, int], None]]:
 
 @app.command()
 @user_errors
+@stops_cleanly
 def features(
     events: EventsOption,
     as_of: Annotated[
@@ -136,6 +214,11 @@ def features(
     _check_engine(engine)
     cutoff = parse_as_of(as_of)
     spec = load_definition(definition)
+    _refuse_overwrites(
+        {"--events": events, "--mapping": mapping, "--definition": definition},
+        # Spark writes no quarantine file
+        {"--out": out, **(_quarantine_output(events, quarantine) if engine == "memory" else {})},
+    )
     if engine == "spark":
         from customer_lifecycle.features.spark_engine import features_parquet
 
@@ -175,8 +258,9 @@ def features(
 
     from customer_lifecycle.features.engine import build_features
     from customer_lifecycle.features.events import load_events
-    from customer_lifecycle.features.io import table_format, write_table
+    from customer_lifecycle.features.io import table_format
     from customer_lifecycle.features.mapping import load_mapping
+    from customer_lifecycle.features.sink import write_atomic
 
     table_format(out)  # refuse a bad output name before the long work
     log, load_summary = load_events(
@@ -189,7 +273,7 @@ def features(
     bar, update = _progress_bar("building features")
     with bar:
         table = build_features(log, as_of=cutoff, definition=spec, progress=update)
-    write_table(table.reset_index(), out)
+    write_atomic(table.reset_index(), out)
     typer.echo(
         f"wrote {len(table):,} customers x {table.shape[1]} features as of "
         f"{cutoff.isoformat()} to {out}"
@@ -220,6 +304,7 @@ def _phased_progress_bar() -> tuple[Any, Callable[[str, int, int], None]]:
 
 @app.command()
 @user_errors
+@stops_cleanly
 def simulate(
     customers: Annotated[int, typer.Option(help="Number of customers to simulate.")],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same bytes.")],
@@ -249,6 +334,12 @@ def simulate(
     """Simulate customer journeys: events, true stages, churn outcomes and metadata."""
     from customer_lifecycle.simulator.generate import write_dataset
 
+    # the files write_dataset writes (docs/cli.md), and its spill directory
+    names = [f"events.{fmt}", "labels.csv", "outcomes.csv", "metadata.json", ".events-tmp"]
+    _refuse_overwrites(
+        {"--scenario": scenario},
+        [("--out", out / name) for name in [*names, *(["oracle.csv"] if oracle else [])]],
+    )
     bar, update = _progress_bar("simulating")
 
     def report(phase: str, done: int, total: int) -> None:
@@ -283,6 +374,67 @@ def simulate(
             f"oracle: stage accuracy {s['stage_accuracy']:.4f}, macro-F1 "
             f"{s['stage_macro_f1']:.4f}, churn ROC-AUC {s['churn_roc_auc']:.4f}"
         )
+
+
+@app.command()
+@user_errors
+def check(
+    events: EventsOption,
+    mapping: MappingOption = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="CRM labels: customer_id, stage[, as_of]. Without it, the rulebook's labels "
+            "at --as-of."
+        ),
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            help="Snapshot time for labels without an as_of column, and for rulebook labels."
+        ),
+    ] = None,
+    horizon_days: Annotated[int, typer.Option(help="Churn horizon after as_of, in days.")] = 90,
+    taxonomy: Annotated[
+        str | None,
+        typer.Option(help="Stage taxonomy: a YAML file, or a shipped one: default, hubspot."),
+    ] = None,
+    qualifying: Annotated[
+        str, typer.Option(help="Activity that counts as not churned: any or purchases.")
+    ] = "any",
+    unknown_events: UnknownEventsOption = "strict",
+    definition: Annotated[Path | None, typer.Option(help="Feature definition YAML.")] = None,
+    rulebook: Annotated[
+        Path | None, typer.Option(help="Stage rulebook YAML, for labels without --labels.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as one JSON object.")
+    ] = False,
+) -> None:
+    """Report what a log and its labels hold and whether they are enough to train.
+
+    Exit status 0: enough to train; 1: readable but not enough (the reasons are printed);
+    2: unreadable input.
+    """
+    import json
+
+    from customer_lifecycle.training.eligibility import check_data
+
+    report = check_data(
+        events,
+        mapping=mapping,
+        labels_path=labels,
+        as_of=as_of,
+        horizon_days=horizon_days,
+        qualifying=qualifying,
+        unknown_events=unknown_events,
+        taxonomy_path=taxonomy,
+        definition_path=definition,
+        rulebook_path=rulebook,
+    )
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+    if not report.eligible:
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -322,14 +474,34 @@ def train(
     mapping: MappingOption = None,
     unknown_events: UnknownEventsOption = "strict",
     definition: Annotated[Path | None, typer.Option(help="Feature definition YAML.")] = None,
-    taxonomy: Annotated[Path | None, typer.Option(help="Stage taxonomy YAML.")] = None,
-    rulebook: Annotated[Path | None, typer.Option(help="Stage rulebook YAML.")] = None,
+    taxonomy: Annotated[
+        str | None,
+        typer.Option(help="Stage taxonomy: a YAML file, or a shipped one: default, hubspot."),
+    ] = None,
+    rulebook: Annotated[
+        Path | None,
+        typer.Option(
+            help="Stage rulebook YAML for the taxonomy's stages (default: the shipped one, "
+            "when it fits the taxonomy)."
+        ),
+    ] = None,
 ) -> None:
     """Train the stage and churn heads, log the run to MLflow, print run id and model URI."""
     from customer_lifecycle.simulator import dataset_oracle
     from customer_lifecycle.training.train import TrainConfig
     from customer_lifecycle.training.train import train as run_training
 
+    _refuse_overwrites(
+        {
+            "--events": events,
+            "--labels": labels,
+            "--mapping": mapping,
+            "--definition": definition,
+            "--taxonomy": taxonomy,
+            "--rulebook": rulebook,
+        },
+        _quarantine_output(events, None),
+    )
     # On a simulated log, score the Bayes-optimal oracle beside the model. Its churn is
     # "no event at all in the horizon", so it only answers --qualifying any.
     oracle = (
@@ -389,10 +561,32 @@ def evaluate(
         int | None, typer.Option(help="Churn horizon (default: the model's).")
     ] = None,
     mapping: MappingOption = None,
+    taxonomy: Annotated[
+        str | None,
+        typer.Option(
+            help="Read stage labels with this taxonomy (a YAML file or a shipped name) "
+            "instead of the model's own; its stages must be the model's."
+        ),
+    ] = None,
+    rulebook: Annotated[
+        Path | None,
+        typer.Option(help="Stage rulebook YAML for labels without --labels."),
+    ] = None,
 ) -> None:
     """Score labelled snapshots with a model and print its metrics per head and class."""
     from customer_lifecycle.training.train import evaluate_model
 
+    _refuse_overwrites(
+        {
+            "--events": events,
+            "--model": model,
+            "--labels": labels,
+            "--mapping": mapping,
+            "--taxonomy": taxonomy,
+            "--rulebook": rulebook,
+        },
+        _quarantine_output(events, None),
+    )
     result = evaluate_model(
         events,
         model=model,
@@ -400,6 +594,8 @@ def evaluate(
         as_of=as_of,
         horizon_days=horizon_days,
         mapping=mapping,
+        taxonomy_path=taxonomy,
+        rulebook_path=rulebook,
         say=lambda line: typer.echo(line, err=True),
     )
     for key in sorted(result):
@@ -423,6 +619,7 @@ def promote(
 
 @app.command()
 @user_errors
+@stops_cleanly
 def score(
     events: EventsOption,
     model: Annotated[
@@ -448,13 +645,26 @@ def score(
     ] = 50_000,
     quarantine: QuarantineOption = None,
     spark_master: SparkMasterOption = "local[*]",
+    store: StoreOption = None,
+    keep_runs: Annotated[
+        int, typer.Option(help="Runs the score store keeps (older ones are removed).")
+    ] = 10,
 ) -> None:
     """Score every customer: stage, churn probability, risk band, stage probabilities."""
     _check_engine(engine)
+    _refuse_overwrites(
+        {"--events": events, "--model": model, "--mapping": mapping},
+        {
+            "--out": out,
+            # Spark writes no quarantine file; a store given by URL is not a local file
+            **(_quarantine_output(events, quarantine) if engine == "memory" else {}),
+            "--store": store if store is not None and "://" not in store else None,
+        },
+    )
     if engine == "spark":
         from customer_lifecycle.scoring.spark import score_parquet
 
-        _spark_refuses(mapping=mapping, quarantine=quarantine)
+        _spark_refuses(mapping=mapping, quarantine=quarantine, store=store)
         n = score_parquet(
             events,
             model=model,
@@ -467,11 +677,12 @@ def score(
         return
     from customer_lifecycle.scoring.batch import score_file
 
+    stored = _StoreRun(store, model, as_of, keep_runs) if store is not None else None
     bar, report = _phased_progress_bar()
     with bar:
         _, summary = score_file(
             events,
-            model=model,
+            model=model if stored is None else stored.bundle,
             as_of=as_of,
             out=out,
             mapping=mapping,
@@ -487,14 +698,64 @@ def score(
         f"scored {summary.customers:,} customers to {out} in {summary.seconds:.1f} s "
         f"(risk: {', '.join(f'{k} {v:,}' for k, v in sorted(bands.items()))})"
     )
+    if stored is not None:
+        typer.echo(stored.write(out))
+
+
+class _StoreRun:
+    """``score --store``: open the store and pin the model before scoring (a bad URL or an
+    older ``as_of`` fails before the work), write the run once the output is complete."""
+
+    def __init__(self, url: str, model: str, as_of: str, keep_runs: int) -> None:
+        from customer_lifecycle.scoring.pyfunc import load_bundle
+        from customer_lifecycle.scoring.store import open_store
+        from customer_lifecycle.scoring.store.writer import check_as_of
+        from customer_lifecycle.serving.registry import resolve
+
+        if keep_runs < 1:
+            raise ValueError(f"--keep-runs must be at least 1, got {keep_runs}")
+        self.url, self.as_of, self.keep_runs = url, as_of, keep_runs
+        self.engine = open_store(url)
+        check_as_of(self.engine, as_of)
+        ref = resolve(model)  # an alias is pinned: the version stored is the one scored
+        self.bundle = load_bundle(ref.load_uri)
+        self.name = ref.name
+        self.version = ref.version or str(self.bundle.metadata.get("run_id") or "local")
+
+    def write(self, out: Path) -> str:
+        import time
+
+        from customer_lifecycle.scoring.store import write_run
+        from customer_lifecycle.scoring.store.schema import display_url
+
+        start = time.perf_counter()
+        try:
+            run = write_run(
+                self.engine,
+                out,
+                model_name=self.name,
+                model_version=self.version,
+                as_of=self.as_of,
+                keep_runs=self.keep_runs,
+            )
+        finally:
+            self.engine.dispose()
+        return (
+            f"stored run {run.run_id} ({run.customers:,} customers) in "
+            f"{display_url(self.url)} in {time.perf_counter() - start:.1f} s"
+        )
 
 
 @app.command()
 @user_errors
 def serve(
     model: Annotated[
-        str, typer.Option(help="Model URI (models:/NAME@champion, models:/NAME/3) or directory.")
-    ],
+        str | None,
+        typer.Option(
+            help="Model URI (models:/NAME@champion, models:/NAME/3) or directory; without "
+            "one (nor LIFECYCLE_MODEL_URI) scoring answers 503."
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8000,
     api_keys_file: Annotated[
@@ -509,6 +770,7 @@ def serve(
             "and follows the registry alias on its own."
         ),
     ] = 1,
+    store: StoreOption = None,
 ) -> None:
     """Serve the HTTP scoring API (other settings: LIFECYCLE_* variables, see docs/api.md)."""
     from customer_lifecycle.serving.server import run
@@ -517,7 +779,47 @@ def serve(
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     settings = settings_with(model_uri=model, api_keys_file=api_keys_file)
+    if store is not None:
+        import os
+
+        from customer_lifecycle.scoring.store import open_store
+
+        open_store(store).dispose()  # a bad URL or store is one line here, not a failed start
+        os.environ["LIFECYCLE_STORE_URL"] = store  # what each worker's app reads
     run(settings, host=host, port=port, workers=workers)
+
+
+@app.command()
+@user_errors
+def export(
+    store: Annotated[str, typer.Option(help="Score store: SQLite file or SQLAlchemy URL.")],
+    out: Annotated[Path, typer.Option(help="Output table: .csv, .csv.gz or .parquet.")],
+    segment: Annotated[
+        str,
+        typer.Option(
+            help="Filters, comma separated: stage=NAME, risk=low|medium|high, min_churn=P, "
+            "max_churn=P, stage_changed_since=TIME, risk_changed_since=TIME (none: everyone)."
+        ),
+    ] = "",
+    run_id: Annotated[
+        int | None, typer.Option("--run", help="Run to export (default: the newest).")
+    ] = None,
+) -> None:
+    """Write a segment of the score store to a file for CRM import."""
+    from customer_lifecycle.scoring.store import open_store
+    from customer_lifecycle.scoring.store.export import export_segment
+    from customer_lifecycle.scoring.store.queries import NotFound, parse_segment
+    from customer_lifecycle.scoring.store.schema import sqlite_path
+
+    seg = parse_segment(segment)
+    engine = open_store(store)
+    try:
+        n, run = export_segment(engine, seg, out, run_id=run_id, store_file=sqlite_path(store))
+    except NotFound as exc:
+        raise ValueError(str(exc)) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"exported {n:,} customers of run {run.run_id} (as of {run.as_of}) to {out}")
 
 
 def main() -> None:  # pragma: no cover - console entry convenience

@@ -102,3 +102,50 @@ def test_empty_other_formats_are_refused(tmp_path, suffix):
         pq.write_table(typed_table(ROWS).slice(0, 0), path)
     with pytest.raises(ValueError, match="has no rows"):
         load_events(path)
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("depth", "refused"),
+    [
+        (100, False),  # as deep as a line may be: read
+        (101, True),  # one level more: refused before any parser sees it
+        (50_000, True),  # Arrow's JSON parser overflowed its stack here (SIGSEGV)
+    ],
+)
+def test_deeply_nested_json_lines_are_refused_in_one_line(tmp_path, depth, refused):
+    from customer_lifecycle.features.streaming import features_file
+
+    good = '{"customer_id": "a", "timestamp": "2024-01-01", "event_type": "login"}'
+    # the line's object is one level, its field "x" the others; brackets in strings
+    # do not count
+    deep = good.replace('"a"', '"b"')[:-1] + f', "x": {_nested(depth - 1)}, "s": "[[[{{"}}'
+    path = tmp_path / "events.jsonl"
+    path.write_text(f"{good}\n\n{deep}\n")
+    out = tmp_path / "out" / "f.csv"
+    if not refused:
+        assert load_events(path)[1].rows_kept == 2
+        assert features_file(path, as_of="2024-02-01", out=out).rows_kept == 2
+        return
+    with pytest.raises(ValueError) as exc:
+        load_events(path)
+    # the line number counts the blank line, as an editor does
+    assert one_line(exc) == f"events file {path} line 3 is nested more than 100 levels deep"
+    with pytest.raises(ValueError, match="line 3 is nested more than 100 levels deep"):
+        features_file(path, as_of="2024-02-01", out=out)
+    assert list(out.parent.iterdir()) == []  # the spill directory is gone
+
+
+def test_csv_header_and_cells_longer_than_the_csv_module_allows_are_read(tmp_path):
+    # Python's csv module refuses fields over 128 KiB; the header is read by Arrow now
+    path = tmp_path / "events.csv"
+    long = "x" * 200_000
+    path.write_text(
+        f"customer_id,timestamp,event_type,{long}\n"
+        f"a,2024-01-01T00:00:00Z,login,{long}\nb,2024-01-01T00:00:00Z,login,\n"
+    )
+    events, summary = load_events(path)
+    assert summary.rows_kept == 2

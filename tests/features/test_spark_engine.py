@@ -145,6 +145,24 @@ def test_bad_rows_are_dropped_for_the_same_reasons(spark: object) -> None:
     assert kept.set_index("customer_id").loc["e", "amount"] == 4.5  # refunds as magnitudes
 
 
+def test_amounts_too_large_to_add_up_are_dropped_as_in_memory(spark: object) -> None:
+    from customer_lifecycle.features.spark_engine import clean_events_spark
+
+    rows = pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "b", "c"],
+            "timestamp": ["2024-01-01T00:00:00Z"] * 4,
+            "event_type": ["purchase", "purchase", "refund", "purchase"],
+            "amount": ["1.7e308", "1.7e308", "-2e15", "1e15"],
+        }
+    )
+    _, quarantine, _ = validate_events(rows)
+    clean, bad = clean_events_spark(spark.createDataFrame(rows))  # type: ignore[attr-defined]
+    assert sorted(bad.toPandas()["reason"]) == sorted(quarantine["reason"])
+    assert set(quarantine["reason"]) == {"amount_out_of_range"}
+    assert clean.toPandas()["customer_id"].tolist() == ["c"]
+
+
 @pytest.fixture(scope="module")
 def bundle(simulated: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelBundle, Path]:
     """Small heads on the simulated log's features with random labels; saved for Spark."""

@@ -116,3 +116,35 @@ def test_numeric_ids_go_where_their_text_goes() -> None:
     assert _spill_file_of_each(pa.array([7, 1, 12345]), 5) == _spill_file_of_each(
         pa.array(["7", "1", "12345"]), 5
     )
+
+
+def test_csv_is_partitioned_by_its_size_not_read_whole(
+    raw: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrow's CSV reader reads blocks ahead, so "bytes read so far" said the whole file
+    # was read with the first batch: one spill file, the whole log in one chunk
+    import customer_lifecycle.features.batch_readers as batch_readers
+    import customer_lifecycle.features.spill as spill
+
+    monkeypatch.setattr(batch_readers, "CSV_BLOCK_BYTES", 64 << 10)  # many blocks
+    monkeypatch.setattr(spill, "ROWS_PER_PARTITION", 1_000)
+    events = write_log(raw, tmp_path / "events.csv")
+    source = batch_readers.open_source(events, None)
+    fractions = [fraction for _, fraction in source.batches()]
+    assert len(fractions) > 5 and fractions[0] < 0.3
+    summary = features_file(events, as_of=AS_OF, out=tmp_path / "f.parquet")
+    assert 9 <= summary.partitions <= 15  # 12,000 rows in files of about 1,000
+
+
+def test_csv_cells_are_text_in_every_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # numbers in the first blocks and text in a later one: no block is typed by inference
+    import customer_lifecycle.features.batch_readers as batch_readers
+
+    monkeypatch.setattr(batch_readers, "CSV_BLOCK_BYTES", 4 << 10)
+    lines = [f"{i},2024-01-01T00:00:00Z,purchase,{i}" for i in range(2_000)]
+    lines.append("x,2024-01-01T00:00:00Z,purchase,lots")
+    path = tmp_path / "events.csv"
+    path.write_text("customer_id,timestamp,event_type,amount\n" + "\n".join(lines) + "\n")
+    summary = features_file(path, as_of=AS_OF, out=tmp_path / "f.csv")
+    assert summary.rows_read == 2_001
+    assert summary.load.quarantined == {"unparseable_amount": 1}

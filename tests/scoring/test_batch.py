@@ -226,21 +226,29 @@ SLOW_CLI = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    "sig",
+    ("sig", "command"),
     [
         # Ctrl-C: cleaned up, one line, exit 130
-        pytest.param(signal.SIGINT, id="SIGINT"),
+        pytest.param(signal.SIGINT, "score", id="SIGINT"),
+        # a service manager's stop: cleaned up as on Ctrl-C, one line, exit 143
+        pytest.param(signal.SIGTERM, "score", id="SIGTERM"),
+        # the terminal went away: the same, exit 129
+        pytest.param(signal.SIGHUP, "score", id="SIGHUP"),
+        # streamed features stop the same way
+        pytest.param(signal.SIGTERM, "features", id="SIGTERM-features"),
         # killed outright: no chance to clean up, still no output
-        pytest.param(signal.SIGKILL, id="SIGKILL"),
+        pytest.param(signal.SIGKILL, "score", id="SIGKILL"),
     ],
 )
 def test_killed_cli_leaves_no_output_and_a_rerun_succeeds(
-    raw: pd.DataFrame, bundle: ModelBundle, tmp_path: Path, sig: signal.Signals
+    raw: pd.DataFrame, bundle: ModelBundle, tmp_path: Path, sig: signal.Signals, command: str
 ) -> None:
+    # the log has bad rows: a quarantine file is in the making when the signal comes
     events = write_log(raw, tmp_path / "events.csv")
     model = bundle.save(tmp_path / "model")
     out = tmp_path / "out" / "scores.csv"
-    args = ["score", "--events", str(events), "--model", str(model), "--as-of", AS_OF]
+    args = [command, "--events", str(events), "--as-of", AS_OF]
+    args += ["--model", str(model)] if command == "score" else []
     args += ["--out", str(out), "--chunk-customers", "10"]
     proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_CLI, *args],
@@ -261,12 +269,20 @@ def test_killed_cli_leaves_no_output_and_a_rerun_succeeds(
         assert proc.returncode == 130
         assert "interrupted: no output was written" in stderr
         assert list(out.parent.iterdir()) == []
+    elif sig != signal.SIGKILL:
+        assert proc.returncode == 128 + sig
+        assert stderr.strip().splitlines()[-1] == f"stopped by {sig.name}: no output was written"
+        # no spill directory, no temporary output, no quarantine file
+        assert list(out.parent.iterdir()) == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["events.csv", "model", "out"]
     else:
         assert proc.returncode == -signal.SIGKILL
         # whatever was left is hidden and never carries the output's name
         assert all(p.name.startswith(".") for p in out.parent.iterdir())
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    if command == "features":
+        return
     scores = pd.read_csv(out, dtype={"customer_id": str})
     pd.testing.assert_frame_equal(_sorted(scores), _reference(events, bundle), rtol=1e-15)
 

@@ -7,6 +7,7 @@ not promoted, with different predictions, so a test can tell which model answere
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from customer_lifecycle.serving.app import create_app
 from customer_lifecycle.simulator import write_dataset
 from customer_lifecycle.training.train import TrainConfig, train
 from fastapi.testclient import TestClient
+from mlflow import MlflowClient
 
 from tests.serving.support import AS_OF, NAME, Trained, settings
 
@@ -87,3 +89,50 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         if var in os.environ:
             monkeypatch.delenv(var)
+
+
+#: ``register(name, copy_of, corrupt=None) -> version``: see :func:`register_version`.
+Register = Callable[..., str]
+_copies = itertools.count()
+
+
+@pytest.fixture
+def register_version(trained: Trained, tmp_path: Path) -> Register:
+    """Register a new version of model ``name``: a copy of the files of version
+    ``copy_of`` of the session's model, with ``corrupt(model_dir)`` applied to the copy
+    (the MLflow model directory, which holds the bundle directory),
+    logged to a run of its own and registered through MLflow's API, as a training run
+    would. ``copy_of=None`` registers a version whose artifact is missing.
+    """
+    client = MlflowClient(tracking_uri=trained.tracking_uri)
+    experiment = client.get_experiment_by_name("lifecycle")
+    assert experiment is not None
+
+    def register(
+        name: str, copy_of: str | None, corrupt: Callable[[Path], None] | None = None
+    ) -> str:
+        try:
+            client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            client.create_registered_model(name)
+        if copy_of is None:
+            source = (tmp_path / f"missing-{next(_copies)}").as_uri()
+            return str(client.create_model_version(name, source=source).version)
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/{trained.name}/{copy_of}",
+                dst_path=str(tmp_path / f"copy-{next(_copies)}"),
+                tracking_uri=trained.tracking_uri,
+            )
+        )
+        if corrupt is not None:
+            corrupt(local)
+        run = client.create_run(experiment.experiment_id)
+        client.log_artifacts(run.info.run_id, str(local), "model")
+        client.set_terminated(run.info.run_id)
+        mv = client.create_model_version(
+            name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+        )
+        return str(mv.version)
+
+    return register

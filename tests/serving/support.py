@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 import uvicorn
 from customer_lifecycle.serving.settings import Settings
@@ -93,3 +97,102 @@ def live_server(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    """A server in a subprocess (:func:`server_process`): its address and process id."""
+
+    url: str
+    port: int
+    pid: int
+
+    def memory_kib(self, field: str) -> int:
+        """``VmRSS``, ``VmHWM`` (peak resident set) ... of the server, from /proc, in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == field:
+                return int(value.split()[0])
+        raise KeyError(field)
+
+
+@contextmanager
+def server_process(model_uri: str | Path, **overrides: Any) -> Iterator[ServerProcess]:
+    """Run the app under uvicorn in a subprocess, settings from ``LIFECYCLE_*`` variables.
+
+    The test settings of :func:`settings` plus ``overrides``. Waits until ``/readyz`` is
+    200; the process is stopped on exit.
+    """
+    env = {
+        **os.environ,
+        "LIFECYCLE_MODEL_URI": str(model_uri),
+        "LIFECYCLE_API_KEYS": ",".join(KEYS),
+        "LIFECYCLE_RELOAD_INTERVAL_SECONDS": "0",
+        "LIFECYCLE_LOG_LEVEL": "warning",
+    }
+    env.update({f"LIFECYCLE_{k.upper()}": str(v) for k, v in overrides.items()})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = (
+        "import uvicorn\n"
+        "from customer_lifecycle.serving.app import create_app\n"
+        f"uvicorn.run(create_app(), host='127.0.0.1', port={port}, log_config=None, "
+        "access_log=False, lifespan='on')\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the test server exited with status {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test server did not become ready")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield ServerProcess(url, port, proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def raw_request(
+    port: int, path: str, body: bytes, *, headers: dict[str, str] | None = None
+) -> socket.socket:
+    """Open a connection and send a POST's head (with ``Content-Length: len(body)``,
+    unless ``headers`` give one) and ``body``; the socket is returned unread."""
+    fields = {
+        "Host": "127.0.0.1",
+        "Authorization": f"Bearer {KEYS[0]}",
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        **(headers or {}),
+    }
+    head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(head.encode() + b"\r\n" + body)
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read an answer to its end (the server closes the connection): status, headers, body.
+
+    A connection reset raises ``ConnectionResetError``, as it would for any client.
+    """
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return status, headers, body

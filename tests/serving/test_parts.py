@@ -11,6 +11,7 @@ import pytest
 from customer_lifecycle.scoring.bundle import ModelBundle
 from customer_lifecycle.serving.logs import JsonFormatter
 from customer_lifecycle.serving.playbook import load_playbook
+from customer_lifecycle.serving.predict import ServedModel
 from customer_lifecycle.serving.reasons import split_multiclass, top_contributions
 from customer_lifecycle.serving.settings import Settings, get_settings, settings_with
 
@@ -142,6 +143,16 @@ def test_per_class_boosters_reproduce_the_multiclass_head_exactly(trained: Train
     full = bundle.stage_booster.predict(X, pred_contrib=True).reshape(50, len(parts), -1)
     for k, part in enumerate(parts):
         np.testing.assert_array_equal(part.predict(X, pred_contrib=True), full[:, k, :])
+
+
+def test_the_served_model_scores_with_the_trees_the_bundle_checked(trained: Trained) -> None:
+    """No second flattening and probing at build: the heads are the bundle's own."""
+    bundle = ModelBundle.load(trained.v1_dir)
+    model = ServedModel.build(
+        bundle, name="m", version="1", uri="u", playbook=load_playbook(), reasons_method="path"
+    )
+    assert model._stage_trees is bundle.stage_trees
+    assert model._churn_trees is bundle.churn_trees
 
 
 def test_split_refuses_a_single_output_booster(trained: Trained) -> None:

@@ -105,6 +105,16 @@ def test_multiclass_calibration_figure(tmp_path, rng):
         multiclass_calibration_figure(y, proba[:, :3], CLASSES)
 
 
+def test_multiclass_calibration_tells_twelve_stages_apart(rng):
+    # a taxonomy may have 12 stages; matplotlib's default cycle repeats after 10
+    classes = [f"stage {i}" for i in range(12)]
+    proba = rng.dirichlet(np.ones(12), size=600)
+    y = np.array([rng.choice(classes, p=row) for row in proba])
+    (ax,) = multiclass_calibration_figure(y, proba, classes).axes
+    colours = {tuple(line.get_color()) for line in ax.lines[1:]}
+    assert len(colours) == 12
+
+
 def test_roc_pr_figure_has_one_line_per_model(tmp_path, rng):
     y = rng.integers(0, 2, 300)
     scores = {

@@ -1,0 +1,94 @@
+"""``lifecycle export``: a segment of the score store as a CSV or Parquet file for CRM import.
+
+The file is written through :class:`features.sink.TableAppender` (a hidden temporary file
+renamed into place once complete) from one read snapshot, a page at a time, so memory
+stays bounded; the store's own files are never overwritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from customer_lifecycle.features.io import table_format
+from customer_lifecycle.features.sink import TableAppender
+from customer_lifecycle.scoring.store.queries import SegmentFilter, StoredScore, segment
+from customer_lifecycle.scoring.store.writer import RunInfo
+from sqlalchemy import Engine
+
+PAGE_ROWS = 10_000
+
+
+def export_segment(
+    engine: Engine,
+    seg: SegmentFilter,
+    out: str | Path,
+    *,
+    run_id: int | None = None,
+    store_file: Path | None = None,
+) -> tuple[int, RunInfo]:
+    """Write the customers of ``seg`` in a run (default: the newest) to ``out``.
+
+    Columns: ``customer_id, stage, churn_probability, churn_risk, churn_rank,
+    stage_churn_rank, stage_since, risk_since, p_<stage>..., as_of, model_name,
+    model_version``. Returns the number of rows and the run.
+
+    Raises
+    ------
+    ValueError
+        For an output name that is not ``.csv``/``.csv.gz``/``.parquet``, or one that is
+        the store's own file (``store_file``) or one of its companions.
+    """
+    out = Path(out)
+    if store_file is not None:
+        target = out.resolve()
+        own = {store_file, *(store_file.with_name(store_file.name + s) for s in _COMPANIONS)}
+        if target in own:
+            raise ValueError(f"--out {out} is the score store's own file: choose another name")
+    table_format(out)
+    sink = TableAppender(out)
+    n, cursor = 0, None
+    try:
+        with engine.connect() as conn:
+            while True:
+                page = segment(conn, seg, run_id=run_id, cursor=cursor, limit=PAGE_ROWS)
+                if page.items:
+                    sink.append(_frame(page.items, page.run.stages))
+                n += len(page.items)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        sink.commit(empty=_frame([], page.run.stages))
+    except BaseException:
+        sink.discard()
+        raise
+    return n, page.run
+
+
+_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def _frame(items: list[StoredScore], stages: tuple[str, ...]) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "customer_id": pd.Series([s.customer_id for s in items], dtype="str"),
+            "stage": pd.Series([s.stage for s in items], dtype="str"),
+            "churn_probability": pd.Series([s.churn_probability for s in items], dtype="float64"),
+            "churn_risk": pd.Series([s.churn_risk for s in items], dtype="str"),
+            "churn_rank": pd.Series([s.churn_rank for s in items], dtype="float64"),
+            "stage_churn_rank": pd.Series([s.stage_churn_rank for s in items], dtype="float64"),
+            "stage_since": pd.Series([s.stage_since for s in items], dtype="str"),
+            "risk_since": pd.Series([s.risk_since for s in items], dtype="str"),
+        }
+    )
+    for stage in stages:
+        frame[f"p_{stage}"] = pd.Series(
+            [s.stage_probabilities.get(stage) for s in items], dtype="float64"
+        )
+    frame["as_of"] = pd.Series([s.as_of for s in items], dtype="str")
+    frame["model_name"] = pd.Series([s.model_name for s in items], dtype="str")
+    frame["model_version"] = pd.Series([s.model_version for s in items], dtype="str")
+    return frame
+
+
+__all__ = ["export_segment"]

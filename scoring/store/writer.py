@@ -1,0 +1,376 @@
+"""Writing one batch run into the score store, visible only once complete.
+
+:func:`write_run` reads the scores file ``lifecycle score`` wrote (Parquet or CSV) in
+record batches, so memory stays bounded for millions of customers: a first pass reads
+two columns to rank every churn probability (overall and within the predicted stage), a
+second inserts the rows in batches under a run whose state is ``pending``. The run then
+becomes ``complete`` in one transaction, together with the change times carried over
+from the previous run and the removal of runs beyond ``keep_runs``; readers only ever
+see complete runs, so a lookup during the write answers from the previous run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from customer_lifecycle.features.contract import CUSTOMER_ID
+from customer_lifecycle.features.io import table_format
+from customer_lifecycle.scoring.bundle import RISK_BANDS
+from customer_lifecycle.scoring.store.schema import runs, scores, utc_text, writing
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+
+DEFAULT_KEEP_RUNS = 10
+BATCH_ROWS = 100_000
+_FIXED = (CUSTOMER_ID, "stage", "churn_probability", "churn_risk")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run of the store (what ``GET /v1/runs`` lists)."""
+
+    run_id: int
+    model_name: str
+    model_version: str
+    as_of: str
+    customers: int
+    risk_bands: dict[str, int]
+    stages: tuple[str, ...]
+    created_at: str
+    completed_at: str | None
+
+
+def latest_as_of(engine: Engine) -> str | None:
+    """``as_of`` of the newest complete run, or None for an empty store."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(runs.c.as_of)
+            .where(runs.c.state == "complete")
+            .order_by(runs.c.run_id.desc())
+            .limit(1)
+        ).scalar()
+
+
+def check_as_of(engine: Engine, as_of: object) -> None:
+    """Refuse a run older than the store's newest one: history is kept in time order."""
+    newest = latest_as_of(engine)
+    if newest is not None and utc_text(as_of) < newest:
+        raise ValueError(
+            f"the score store already has a run as of {newest[:19]}; a run as of "
+            f"{utc_text(as_of)[:19]} would be older (runs are kept in time order)"
+        )
+
+
+def write_run(
+    engine: Engine,
+    scores_path: str | Path,
+    *,
+    model_name: str,
+    model_version: str,
+    as_of: object,
+    keep_runs: int = DEFAULT_KEEP_RUNS,
+    batch_rows: int = BATCH_ROWS,
+) -> RunInfo:
+    """Write the scores file of one run into the store; the run is visible once complete.
+
+    Parameters
+    ----------
+    engine
+        From :func:`scoring.store.schema.open_store`.
+    scores_path
+        A complete ``lifecycle score`` output: ``customer_id, stage, churn_probability,
+        churn_risk, p_<stage>...``, Parquet or CSV.
+    model_name, model_version
+        The model that scored the run.
+    as_of
+        The run's ``as_of`` (not before the store's newest run).
+    keep_runs
+        Complete runs kept per store, this one included; older ones are removed.
+
+    Raises
+    ------
+    ValueError
+        On a file without the score columns, an ``as_of`` older than the newest run, or
+        ``keep_runs < 1``. Nothing becomes visible; the pending rows are removed.
+    """
+    if keep_runs < 1:
+        raise ValueError(f"--keep-runs must be at least 1, got {keep_runs}")
+    path = Path(scores_path)
+    stages = _stages(path)
+    check_as_of(engine, as_of)
+    as_of_text = utc_text(as_of)
+    ranks = _Ranks.of(path, stages)
+    bands = dict.fromkeys(RISK_BANDS, 0)
+    created = _now()
+    with writing(engine) as conn:
+        inserted = conn.execute(
+            insert(runs).values(
+                state="pending",
+                model_name=model_name,
+                model_version=model_version,
+                as_of=as_of_text,
+                customers=0,
+                risk_bands="{}",
+                stages=json.dumps(list(stages)),
+                created_at=created,
+            )
+        ).inserted_primary_key
+        assert inserted is not None
+        run_id = int(inserted[0])
+    try:
+        with engine.connect() as conn:
+            previous = _newest_before(conn, run_id)
+        n = 0
+        for batch in _batches(path, stages, batch_rows):
+            rows = _rows(batch, stages, ranks)
+            for band, count in batch["churn_risk"].value_counts().items():
+                bands[str(band)] = bands.get(str(band), 0) + int(count)
+            with writing(engine) as conn:
+                _insert(conn, rows, run_id=run_id, previous=previous, as_of=as_of_text)
+            n += len(batch)
+        with writing(engine) as conn:
+            if _newest_before(conn, run_id) != previous:
+                raise ValueError(
+                    "another run was written into the score store meanwhile; score again"
+                )
+            flipped = conn.execute(
+                update(runs)
+                .where(runs.c.run_id == run_id, runs.c.state == "pending")
+                .values(
+                    state="complete",
+                    customers=n,
+                    risk_bands=json.dumps(bands),
+                    completed_at=_now(),
+                )
+            ).rowcount
+            if flipped != 1:
+                raise ValueError(f"run {run_id} was removed from the store while being written")
+            _prune(conn, run_id, keep_runs)
+    except BaseException:
+        with writing(engine) as conn:
+            conn.execute(delete(scores).where(scores.c.run_id == run_id))
+            conn.execute(delete(runs).where(runs.c.run_id == run_id))
+        raise
+    with engine.connect() as conn:
+        row = conn.execute(select(runs).where(runs.c.run_id == run_id)).one()
+    return run_info(row._mapping)
+
+
+def run_info(row: object) -> RunInfo:
+    """A :class:`RunInfo` from a ``score_runs`` row mapping."""
+    r = dict(row)  # type: ignore[call-overload]
+    return RunInfo(
+        run_id=int(r["run_id"]),
+        model_name=r["model_name"],
+        model_version=r["model_version"],
+        as_of=r["as_of"],
+        customers=int(r["customers"]),
+        risk_bands=json.loads(r["risk_bands"]),
+        stages=tuple(json.loads(r["stages"])),
+        created_at=r["created_at"],
+        completed_at=r["completed_at"],
+    )
+
+
+def _now() -> str:
+    return utc_text(datetime.now(UTC))
+
+
+def _stages(path: Path) -> tuple[str, ...]:
+    """The model's stages, from the ``p_<stage>`` columns of the scores file."""
+    if table_format(path) == "parquet":
+        import pyarrow.parquet as pq
+
+        columns = pq.read_schema(path).names
+    else:
+        columns = list(pd.read_csv(path, nrows=0).columns)
+    missing = [c for c in _FIXED if c not in columns]
+    stages = tuple(c[2:] for c in columns if c.startswith("p_"))
+    if missing or not stages:
+        raise ValueError(
+            f"{path} is not a scores file: it lacks {missing or ['p_<stage> columns']}"
+        )
+    return stages
+
+
+def _batches(
+    path: Path, stages: tuple[str, ...], batch_rows: int, columns: list[str] | None = None
+) -> Iterator[pd.DataFrame]:
+    """The scores file in frames of at most ``batch_rows`` rows (ids as text)."""
+    wanted = columns or [*_FIXED, *(f"p_{s}" for s in stages)]
+    if table_format(path) == "parquet":
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(path) as file:
+            for batch in file.iter_batches(batch_size=batch_rows, columns=wanted):
+                frame = batch.to_pandas()
+                if CUSTOMER_ID in frame:
+                    frame[CUSTOMER_ID] = frame[CUSTOMER_ID].astype(str)
+                yield frame
+        return
+    dtype = {CUSTOMER_ID: str, "stage": str, "churn_risk": str}
+    with pd.read_csv(
+        path,
+        usecols=wanted,
+        dtype={k: v for k, v in dtype.items() if k in wanted},
+        keep_default_na=False,
+        chunksize=batch_rows,
+    ) as reader:
+        yield from reader
+
+
+@dataclass
+class _Ranks:
+    """Sorted churn probabilities of the whole run and of each stage, for percentile ranks.
+
+    The percentile rank of ``p`` is the percentage of the run's customers (of its stage,
+    for the stage rank) whose churn probability is at most ``p``: 100 for the riskiest.
+    """
+
+    overall: np.ndarray
+    by_stage: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, path: Path, stages: tuple[str, ...]) -> _Ranks:
+        probs, labels = [], []
+        for frame in _batches(path, stages, BATCH_ROWS * 5, ["stage", "churn_probability"]):
+            probs.append(frame["churn_probability"].to_numpy(np.float64))
+            labels.append(frame["stage"].astype(str).to_numpy())
+        p = np.concatenate(probs) if probs else np.empty(0)
+        codes, names = pd.factorize(np.concatenate(labels) if labels else np.empty(0, object))
+        order = np.lexsort((p, codes))  # by stage, then probability
+        bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+        by_stage = {str(name): p[order[bounds[i] : bounds[i + 1]]] for i, name in enumerate(names)}
+        return cls(np.sort(p), by_stage)
+
+    def rank(self, p: np.ndarray, stage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        overall = _percentile(self.overall, p)
+        within = np.empty_like(overall)
+        codes, names = pd.factorize(stage)
+        for i, name in enumerate(names):
+            mask = codes == i
+            within[mask] = _percentile(self.by_stage[str(name)], p[mask])
+        return overall, within
+
+
+def _percentile(sorted_values: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return 100.0 * np.searchsorted(sorted_values, p, side="right") / max(len(sorted_values), 1)
+
+
+def _rows(batch: pd.DataFrame, stages: tuple[str, ...], ranks: _Ranks) -> list[tuple[object, ...]]:
+    """``(customer_id, stage, churn_probability, churn_risk, stage_probabilities JSON,
+    churn_rank, stage_churn_rank)`` per customer, in customer order."""
+    batch = batch.sort_values(CUSTOMER_ID, kind="stable")  # locality in the primary key
+    p = batch["churn_probability"].to_numpy(np.float64)
+    stage = batch["stage"].astype(str).to_numpy()
+    overall, within = ranks.rank(p, stage)
+    # The JSON text is joined by Arrow, whose float-to-text cast gives the shortest text
+    # that reads back to the same float (as repr does): json.dumps of a dict per customer
+    # would cost several seconds per million.
+    parts: list[object] = []
+    for i, name in enumerate(stages):
+        parts += [("{" if i == 0 else ",") + json.dumps(name) + ":"]
+        parts.append(pc.cast(pa.array(batch[f"p_{name}"].to_numpy(np.float64)), pa.string()))
+    texts = pc.binary_join_element_wise(*parts, "}", "").to_pylist()
+    return list(
+        zip(
+            batch[CUSTOMER_ID].tolist(),
+            stage.tolist(),
+            p.tolist(),
+            batch["churn_risk"].astype(str).tolist(),
+            texts,
+            overall.tolist(),
+            within.tolist(),
+            strict=True,
+        )
+    )
+
+
+_COLUMNS = (
+    "customer_id, stage, churn_probability, churn_risk, stage_probabilities, churn_rank, "
+    "stage_churn_rank"
+)
+_INCOMING = (
+    "CREATE TEMPORARY TABLE incoming_scores (customer_id TEXT, stage TEXT, "
+    "churn_probability DOUBLE PRECISION, churn_risk TEXT, stage_probabilities TEXT, "
+    "churn_rank DOUBLE PRECISION, stage_churn_rank DOUBLE PRECISION)"
+)
+
+
+def _insert(
+    conn: Connection,
+    rows: list[tuple[object, ...]],
+    *,
+    run_id: int,
+    previous: int | None,
+    as_of: str,
+) -> None:
+    """Insert one batch through the driver's ``executemany`` (SQLAlchemy's per-row
+    parameter handling costs seconds per million rows).
+
+    The change times: a customer in the same stage (risk band) as in the previous run keeps
+    that run's ``stage_since`` (``risk_since``), others get this run's ``as_of``. They are
+    filled while inserting, from a temporary table joined to the previous run by primary
+    key, rather than by updating the new rows afterwards (which rewrites every row).
+    """
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    marks = ", ".join([mark] * 7)
+    if previous is None:
+        conn.exec_driver_sql(
+            f"INSERT INTO customer_scores ({_COLUMNS}, run_id, stage_since, risk_since) "
+            f"VALUES ({marks}, {int(run_id)}, '{as_of}', '{as_of}')",
+            rows,  # type: ignore[arg-type]
+        )
+        return
+    conn.exec_driver_sql(_INCOMING)
+    try:
+        conn.exec_driver_sql(f"INSERT INTO incoming_scores VALUES ({marks})", rows)  # type: ignore[arg-type]
+        fresh = f"'{as_of}'"
+        conn.exec_driver_sql(
+            f"INSERT INTO customer_scores ({_COLUMNS}, run_id, stage_since, risk_since) "
+            "SELECT t.customer_id, t.stage, t.churn_probability, t.churn_risk, "
+            f"t.stage_probabilities, t.churn_rank, t.stage_churn_rank, {int(run_id)}, "
+            f"CASE WHEN p.stage = t.stage THEN p.stage_since ELSE {fresh} END, "
+            f"CASE WHEN p.churn_risk = t.churn_risk THEN p.risk_since ELSE {fresh} END "
+            "FROM incoming_scores AS t LEFT JOIN customer_scores AS p "
+            f"ON p.customer_id = t.customer_id AND p.run_id = {int(previous)} "
+            "ORDER BY t.customer_id"
+        )
+    finally:
+        conn.exec_driver_sql("DROP TABLE incoming_scores")
+
+
+def _newest_before(conn: Connection, run_id: int) -> int | None:
+    """The newest complete run older than ``run_id``: the one change times carry over from."""
+    found = conn.execute(
+        select(func.max(runs.c.run_id)).where(runs.c.state == "complete", runs.c.run_id < run_id)
+    ).scalar()
+    return None if found is None else int(found)
+
+
+def _prune(conn: Connection, run_id: int, keep_runs: int) -> None:
+    """Remove complete runs beyond ``keep_runs`` and pending runs older than this one.
+
+    A pending run older than the one completing was left by an interrupted write.
+    """
+    newest = (
+        select(runs.c.run_id)
+        .where(runs.c.state == "complete")
+        .order_by(runs.c.run_id.desc())
+        .limit(keep_runs)
+    )
+    keep = set(conn.execute(newest).scalars())
+    older = conn.execute(select(runs.c.run_id).where(runs.c.run_id <= run_id)).scalars()
+    for old in [r for r in older if r not in keep]:
+        conn.execute(delete(scores).where(scores.c.run_id == old))
+        conn.execute(delete(runs).where(runs.c.run_id == old))
+
+
+__all__ = ["DEFAULT_KEEP_RUNS", "RunInfo", "check_as_of", "latest_as_of", "run_info", "write_run"]

@@ -1,0 +1,426 @@
+"""The score store (issue 15) against a real SQLite file and a real PostgreSQL server.
+
+Runs are written from scores files as ``lifecycle score`` writes them, then read back:
+latest and history, ranks, change times, segments with their cursor, transitions,
+atomic visibility, schema versions, export, and ``score --store`` end to end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from customer_lifecycle.scoring.bundle import ModelBundle
+from customer_lifecycle.scoring.store import SCHEMA_VERSION, open_store, write_run
+from customer_lifecycle.scoring.store import queries as q
+from customer_lifecycle.scoring.store.export import export_segment
+from customer_lifecycle.scoring.store.schema import (
+    create_store_engine,
+    ensure_schema,
+    runs,
+    scores,
+    sqlite_path,
+    store_meta,
+    writing,
+)
+from typer.testing import CliRunner
+
+from customer_lifecycle.cli import app
+from tests.features.support import AS_OF, write_log
+from tests.postgres import postgres_server
+from tests.scoring.test_batch import bundle, raw  # noqa: F401  (module fixtures: a small model)
+
+STAGES = ("new", "active", "retention")
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty store database: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "scores.db")
+    server: str = request.getfixturevalue("pg_server")
+    name = f"store_{next(_names)}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    return server.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def engine(url: str) -> Iterator[sa.Engine]:
+    eng = open_store(url)
+    yield eng
+    eng.dispose()
+
+
+def scores_file(
+    path: Path, rows: list[tuple[str, str, float]], stages: tuple[str, ...] = STAGES
+) -> Path:
+    """A ``lifecycle score`` output: (customer_id, stage, churn probability) per row."""
+    frame = pd.DataFrame(rows, columns=["customer_id", "stage", "churn_probability"])
+    p = frame["churn_probability"]
+    frame["churn_risk"] = np.where(p < 0.3, "low", np.where(p < 0.6, "medium", "high"))
+    for s in stages:  # the predicted stage gets 0.6, the others share the rest
+        frame[f"p_{s}"] = np.where(frame["stage"] == s, 0.6, 0.4 / (len(stages) - 1))
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return path
+
+
+RUN1 = [
+    ("007", "new", 0.10),  # a leading zero: ids are text
+    ("a", "active", 0.20),
+    ("b", "active", 0.80),
+    ("c", "retention", 0.50),
+    ("d", "retention", 0.90),
+]
+RUN2 = [
+    ("007", "active", 0.10),  # stage changes, band stays low
+    ("a", "active", 0.70),  # band changes low -> high, stage stays
+    ("b", "active", 0.80),  # nothing changes
+    ("c", "retention", 0.95),  # band medium -> high
+    ("e", "new", 0.40),  # new customer
+]
+
+
+def _write(engine: sa.Engine, tmp_path: Path, rows: list, as_of: str, **kw: object) -> q.Page:
+    path = scores_file(tmp_path / f"run-{as_of}.parquet", rows)
+    write_run(engine, path, model_name="m", model_version="1", as_of=as_of, **kw)  # type: ignore[arg-type]
+    with engine.connect() as conn:
+        return q.segment(conn, q.SegmentFilter(), limit=1000)
+
+
+def test_latest_history_ranks_and_change_times(engine: sa.Engine, tmp_path: Path) -> None:
+    _write(engine, tmp_path, RUN1, "2024-11-30")
+    _write(engine, tmp_path, RUN2, "2024-12-31")
+    with engine.connect() as conn:
+        s = q.latest(conn, "007")
+        assert (s.stage, s.churn_risk, s.as_of) == ("active", "low", "2024-12-31T00:00:00Z")
+        assert s.stage_probabilities == {"new": 0.2, "active": 0.6, "retention": 0.2}
+        assert s.stage_since == "2024-12-31T00:00:00Z"  # entered "active" in run 2
+        assert s.risk_since == "2024-11-30T00:00:00Z"  # low in both runs
+        b = q.latest(conn, "b")
+        assert b.stage_since == b.risk_since == "2024-11-30T00:00:00Z"
+        # percentile ranks in run 2: 0.1 0.4 0.7 0.8 0.95 -> 20 40 60 80 100
+        assert [q.latest(conn, c).churn_rank for c in ("007", "e", "a", "b", "c")] == [
+            20.0,
+            40.0,
+            60.0,
+            80.0,
+            100.0,
+        ]
+        # within "active" (0.1, 0.7, 0.8): 007 is at 1/3
+        assert q.latest(conn, "007").stage_churn_rank == pytest.approx(100 / 3)
+        assert q.latest(conn, "c").stage_churn_rank == 100.0  # alone in retention
+        # d was scored only in run 1: its latest score is from there
+        assert q.latest(conn, "d").as_of == "2024-11-30T00:00:00Z"
+        assert [h.as_of[:10] for h in q.history(conn, "a")] == ["2024-12-31", "2024-11-30"]
+        with pytest.raises(q.NotFound):
+            q.latest(conn, "nobody")
+        with pytest.raises(q.NotFound):
+            q.history(conn, "nobody")
+
+
+def test_segments_filter_and_page_by_cursor(engine: sa.Engine, tmp_path: Path) -> None:
+    _write(engine, tmp_path, RUN1, "2024-11-30")
+    _write(engine, tmp_path, RUN2, "2024-12-31")
+    with engine.connect() as conn:
+
+        def ids(seg: q.SegmentFilter, **kw: object) -> list[str]:
+            return [s.customer_id for s in q.segment(conn, seg, **kw).items]  # type: ignore[arg-type]
+
+        assert ids(q.SegmentFilter(stage="active")) == ["007", "a", "b"]
+        assert ids(q.SegmentFilter(risk="high")) == ["a", "b", "c"]
+        assert ids(q.SegmentFilter(stage="active", risk="high")) == ["a", "b"]
+        assert ids(q.SegmentFilter(min_churn=0.5, max_churn=0.9)) == ["a", "b"]
+        since = "2024-12-01T00:00:00Z"
+        assert ids(q.SegmentFilter(stage_changed_since=since)) == ["007", "e"]
+        assert ids(q.SegmentFilter(risk_changed_since=since)) == ["a", "c", "e"]
+        assert ids(q.SegmentFilter(), run_id=1) == ["007", "a", "b", "c", "d"]
+        first = q.segment(conn, q.SegmentFilter(), limit=2)
+        assert [s.customer_id for s in first.items] == ["007", "a"] and first.next_cursor
+    # a newer run completes while a client pages: the cursor keeps to its run
+    _write(engine, tmp_path, [("zz", "new", 0.5)], "2025-01-31")
+    with engine.connect() as conn:
+        rest, cursor = [], first.next_cursor
+        while cursor:
+            page = q.segment(conn, q.SegmentFilter(), cursor=cursor, limit=2)
+            assert page.run.run_id == first.run.run_id
+            rest += [s.customer_id for s in page.items]
+            cursor = page.next_cursor
+        assert rest == ["b", "c", "e"]
+        with pytest.raises(ValueError, match="invalid cursor"):
+            q.segment(conn, q.SegmentFilter(), cursor="not-a-cursor")
+
+
+def test_transitions_between_two_runs(engine: sa.Engine, tmp_path: Path) -> None:
+    _write(engine, tmp_path, RUN1, "2024-11-30")
+    _write(engine, tmp_path, RUN2, "2024-12-31")
+    with engine.connect() as conn:
+        page = q.transitions(conn)
+        assert (page.from_run.run_id, page.run.run_id) == (1, 2)  # type: ignore[union-attr]
+        got = {
+            (t.customer_id, t.from_stage, t.to_stage, t.from_risk, t.to_risk) for t in page.items
+        }
+        assert got == {
+            ("007", "new", "active", "low", "low"),
+            ("a", "active", "active", "low", "high"),
+            ("c", "retention", "retention", "medium", "high"),
+        }
+        into_high = q.transitions(conn, to_risk="high", from_stage="retention")
+        assert [t.customer_id for t in into_high.items] == ["c"]
+        one = q.transitions(conn, limit=1)
+        two = q.transitions(conn, cursor=one.next_cursor, limit=1)
+        assert [t.customer_id for t in [*one.items, *two.items]] == ["007", "a"]
+        with pytest.raises(q.NotFound):
+            q.transitions(conn, to_run=1)  # nothing before the first run
+
+
+def test_keep_runs_removes_the_oldest(engine: sa.Engine, tmp_path: Path) -> None:
+    for month in ("10-31", "11-30", "12-31"):
+        _write(engine, tmp_path, RUN1, f"2024-{month}", keep_runs=2)
+    with engine.connect() as conn:
+        assert [r.as_of[:10] for r in q.list_runs(conn)] == ["2024-12-31", "2024-11-30"]
+        assert len(q.history(conn, "a")) == 2
+        assert conn.execute(sa.select(sa.func.count()).select_from(scores)).scalar() == 10
+
+
+def test_an_older_run_is_refused(engine: sa.Engine, tmp_path: Path) -> None:
+    _write(engine, tmp_path, RUN1, "2024-11-30")
+    with pytest.raises(ValueError, match="would be older"):
+        _write(engine, tmp_path, RUN1, "2024-10-31")
+
+
+def test_a_pending_run_is_invisible(engine: sa.Engine, tmp_path: Path) -> None:
+    _write(engine, tmp_path, RUN1, "2024-11-30")
+    with writing(engine) as conn:  # a writer halfway: its run is pending
+        conn.execute(
+            runs.insert().values(
+                run_id=9,
+                state="pending",
+                model_name="m",
+                model_version="2",
+                as_of="2024-12-31T00:00:00Z",
+                customers=0,
+                risk_bands="{}",
+                stages="[]",
+                created_at="2024-12-31T00:00:00Z",
+            )
+        )
+        row = {"customer_id": "a", "run_id": 9, "stage": "new", "churn_probability": 0.99}
+        conn.execute(
+            scores.insert().values(
+                **row,
+                churn_risk="high",
+                stage_probabilities="{}",
+                churn_rank=100.0,
+                stage_churn_rank=100.0,
+                stage_since="x",
+                risk_since="x",
+            )
+        )
+    with engine.connect() as conn:
+        assert q.latest(conn, "a").run_id == 1
+        assert len(q.history(conn, "a")) == 1
+        assert q.segment(conn, q.SegmentFilter()).run.run_id == 1
+        assert [r.run_id for r in q.list_runs(conn)] == [1]
+
+
+def test_a_failed_write_leaves_the_old_run(engine: sa.Engine, tmp_path: Path) -> None:
+    _write(engine, tmp_path, RUN1, "2024-11-30")
+    bad = scores_file(tmp_path / "bad.csv", RUN2)
+    text = bad.read_text().splitlines()
+    text[4] = text[4].rsplit(",", 1)[0] + ",oops"  # a p_<stage> value, read in batch 2
+    bad.write_text("\n".join(text) + "\n")
+    with pytest.raises(ValueError):
+        write_run(engine, bad, model_name="m", model_version="2", as_of="2024-12-31", batch_rows=2)
+    with engine.connect() as conn:
+        assert [r.run_id for r in q.list_runs(conn)] == [1]
+        assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar() == 1
+        assert conn.execute(sa.select(sa.func.count()).select_from(scores)).scalar() == 5
+
+
+def test_readers_during_a_write_see_the_old_run_or_the_whole_new_one(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    old = [(f"c{i:04d}", "active", 0.2) for i in range(300)]
+    new = [(f"c{i:04d}", "retention", 0.9) for i in range(300)]
+    _write(engine, tmp_path, old, "2024-11-30")
+    path = scores_file(tmp_path / "new.parquet", new)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            write_run(engine, path, model_name="m", model_version="2", as_of="2024-12-31",
+                      batch_rows=10)  # fmt: skip
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen = set()
+    while writer.is_alive() or not seen - {"2024-11-30"}:
+        with engine.connect() as conn:
+            page = q.segment(conn, q.SegmentFilter(), limit=1000)
+            stages = {s.stage for s in page.items}
+            assert len(page.items) == 300 and len(stages) == 1  # never a partial run
+            assert q.latest(conn, "c0150").as_of == page.run.as_of
+            seen.add(page.run.as_of[:10])
+        if not writer.is_alive() and not errors:
+            break
+    writer.join()
+    assert not errors
+    with engine.connect() as conn:
+        assert q.latest(conn, "c0000").stage == "retention"
+
+
+# -- schema versions -------------------------------------------------------------------------
+
+
+def test_an_older_store_is_migrated(url: str, tmp_path: Path) -> None:
+    eng = create_store_engine(url)
+    assert ensure_schema(eng, target=1) == 0  # a store as version 1 wrote it
+    _write(eng, tmp_path, RUN1, "2024-11-30")
+    eng.dispose()
+    eng = open_store(url)
+    with eng.connect() as conn:
+        version = conn.execute(sa.select(store_meta.c.value)).scalar()
+        assert version == str(SCHEMA_VERSION)
+        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("customer_scores")}
+        assert "ix_customer_scores_segment" in indexes
+        assert q.latest(conn, "a").churn_probability == 0.2
+    eng.dispose()
+
+
+def test_a_newer_store_is_refused(url: str) -> None:
+    open_store(url).dispose()
+    eng = create_store_engine(url)
+    with writing(eng) as conn:
+        conn.execute(store_meta.update().values(value=str(SCHEMA_VERSION + 1)))
+    eng.dispose()
+    with pytest.raises(ValueError, match=r"newer than this customer-lifecycle reads") as err:
+        open_store(url)
+    assert "\n" not in str(err.value)
+
+
+def test_tables_without_a_version_are_refused(url: str) -> None:
+    open_store(url).dispose()
+    eng = create_store_engine(url)
+    with writing(eng) as conn:
+        store_meta.drop(conn)
+    eng.dispose()
+    with pytest.raises(ValueError, match="no score_store_meta table"):
+        open_store(url)
+
+
+def test_bad_urls_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no such folder"):
+        open_store(tmp_path / "missing" / "scores.db")
+    with pytest.raises(ValueError, match="cannot use score store URL"):
+        open_store("nosuchdb://x")
+    with pytest.raises(ValueError, match="cannot open score store") as err:
+        open_store("postgresql://nobody:secret@127.0.0.1:1/x")
+    assert "secret" not in str(err.value)
+
+
+# -- export ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["seg.csv", "seg.parquet"])  # both file formats
+def test_export_a_segment(engine: sa.Engine, tmp_path: Path, name: str) -> None:
+    _write(engine, tmp_path, RUN1, "2024-11-30")
+    _write(engine, tmp_path, RUN2, "2024-12-31")
+    out = tmp_path / name
+    n, run = export_segment(engine, q.parse_segment("stage=active,risk=high"), out)
+    frame = (
+        pd.read_csv(out, dtype={"customer_id": str})
+        if name.endswith("csv")
+        else (pd.read_parquet(out))
+    )
+    assert (n, run.run_id) == (2, 2)
+    assert frame["customer_id"].tolist() == ["a", "b"]
+    assert frame["churn_probability"].tolist() == [0.7, 0.8]
+    assert frame["p_active"].tolist() == [0.6, 0.6]
+
+
+def test_export_never_overwrites_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "scores.db"
+    eng = open_store(path)
+    _write(eng, tmp_path, RUN1, "2024-11-30")
+    for target in (path, Path(f"{path}-wal")):
+        with pytest.raises(ValueError, match="own file"):
+            export_segment(eng, q.SegmentFilter(), target, store_file=sqlite_path(path))
+    with eng.connect() as conn:
+        assert len(q.segment(conn, q.SegmentFilter()).items) == 5
+    eng.dispose()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("stage", "expected key=value"),  # no value
+        ("colour=red", "unknown key 'colour'"),  # not a filter
+        ("risk=extreme", "unknown risk band"),  # not a band
+        ("min_churn=0.8,max_churn=0.2", "not within"),  # empty range
+        ("min_churn=lots", "could not convert"),  # not a number
+    ],
+)
+def test_bad_segments_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        q.parse_segment(text)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def test_score_store_and_export_commands(
+    raw: pd.DataFrame,  # noqa: F811
+    bundle: ModelBundle,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    events = write_log(raw, tmp_path / "events.parquet")
+    model = bundle.save(tmp_path / "model")
+    store = tmp_path / "scores.db"
+    out = tmp_path / "scores.csv"
+    args = ["score", "--events", str(events), "--model", str(model), "--out", str(out)]
+    runner = CliRunner()
+    result = runner.invoke(app, [*args, "--as-of", AS_OF, "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    assert "stored run 1" in result.output
+    written = pd.read_csv(out, dtype={"customer_id": str})
+    eng = open_store(store)
+    with eng.connect() as conn:
+        page = q.segment(conn, q.SegmentFilter(), limit=1000)
+        assert page.run.customers == len(written) == len(page.items)
+        first = written.sort_values("customer_id").iloc[0]
+        stored = q.latest(conn, str(first["customer_id"]))
+        assert stored.churn_probability == first["churn_probability"]
+        assert stored.stage == first["stage"] and stored.model_version == "local"
+    eng.dispose()
+    # an older as_of is refused before any scoring, in one line
+    result = runner.invoke(app, [*args, "--as-of", "2000-01-01", "--store", str(store)])
+    assert result.exit_code == 2 and "would be older" in result.output
+    exported = tmp_path / "high.parquet"
+    result = runner.invoke(
+        app, ["export", "--store", str(store), "--segment", "risk=high", "--out", str(exported)]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_parquet(exported)) == int((written["churn_risk"] == "high").sum())
+    result = runner.invoke(app, ["export", "--store", str(store), "--out", str(store)])
+    assert result.exit_code == 2 and "own file" in result.output

@@ -22,14 +22,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from customer_lifecycle.features.contract import (
+    AMOUNT,
     CHANNEL,
     CUSTOMER_ID,
     EVENT_TYPE,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
 )
-from customer_lifecycle.features.mapping import EventMapping
+from customer_lifecycle.features.mapping import EventMapping, refuse_lost_amounts
 from customer_lifecycle.features.messages import one_line
 from customer_lifecycle.features.readers import (
     JSON_BLOCK_BYTES,
@@ -38,7 +40,10 @@ from customer_lifecycle.features.readers import (
     check_json_depth,
     csv_head,
     event_format,
+    flatten_json,
     json_records,
+    resolve_records,
+    resolve_sources,
 )
 
 #: Rows per read batch (Parquet).
@@ -68,14 +73,78 @@ class EventSource:
         m = self.mapping
         return [m.source_column(c) if m else c for c in (CUSTOMER_ID, EVENT_TYPE, CHANNEL)]
 
+    def roots(self, names: list[str]) -> list[str]:
+        """The columns of a file with columns ``names`` to read: those the contract
+        columns' sources start from (:class:`~features.mapping.FieldSource`)."""
+        m = self.mapping
+        if m is None or m.is_plain:
+            return [c for c in dict.fromkeys(self.needed()) if c in names]
+        roots = []
+        for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+            for field in m.source(column).first_of:
+                roots.append(field.text if field.text in names else field.column)
+        return [c for c in dict.fromkeys(roots) if c in names]
+
     def batches(self) -> Iterator[tuple[pa.RecordBatch, float]]:
-        """Record batches of the contract columns, and the fraction of the file read."""
+        """Record batches of the contract columns, and the fraction of the file read.
+
+        Mapped sources are resolved (:func:`features.readers.resolve_sources`) into
+        columns under :meth:`needed`'s names. After the last batch, a mapped ``amount``
+        source that lost every purchase amount stops the read
+        (:func:`features.mapping.refuse_lost_amounts`).
+        """
         if self.fmt == "parquet":
-            yield from _parquet_batches(self)
+            batches = _parquet_batches(self)
         elif self.fmt == "csv":
-            yield from _csv_batches(self)
+            batches = _csv_batches(self)
         else:
-            yield from _jsonl_batches(self)
+            batches = _jsonl_batches(self)
+        amounts = _AmountCount(self.mapping)
+        for batch, fraction in batches:
+            amounts.add(batch)
+            yield batch, fraction
+        refuse_lost_amounts(
+            self.mapping,
+            purchases=amounts.purchases,
+            with_amount=amounts.with_amount,
+            missing=not amounts.seen,
+            label=self.label,
+        )
+
+
+class _AmountCount:
+    """Purchases (by the mapping's event names) and those with an amount, over batches."""
+
+    def __init__(self, mapping: EventMapping | None) -> None:
+        self.active = (
+            mapping is not None and not mapping.allow_missing_amounts and AMOUNT in mapping.columns
+        )
+        self.purchases = 0
+        self.with_amount = 0
+        self.seen = False
+        if mapping is None or not self.active:
+            return
+        self.event = mapping.source_column(EVENT_TYPE)
+        self.amount = mapping.source_column(AMOUNT)
+        names = [n for n, t in mapping.event_types.items() if t == "purchase"]
+        if "purchase" not in mapping.event_types:
+            names.append("purchase")
+        self.names = pa.array(names, pa.string())
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if not self.active or self.event not in batch.schema.names:
+            return
+        events = as_text(pa.chunked_array([batch.column(self.event)]))
+        purchase = pc.fill_null(pc.is_in(pc.utf8_trim_whitespace(events), self.names), False)
+        self.purchases += pc.sum(purchase).as_py() or 0
+        if self.amount not in batch.schema.names:
+            return
+        self.seen = True
+        amount = batch.column(self.amount)
+        valid = pc.is_valid(amount)
+        if pa.types.is_string(amount.type) or pa.types.is_large_string(amount.type):
+            valid = pc.and_(valid, pc.not_equal(pc.utf8_trim_whitespace(amount), ""))
+        self.with_amount += pc.sum(pc.and_(purchase, pc.fill_null(valid, False))).as_py() or 0
 
 
 def open_source(path: Path, mapping: EventMapping | None) -> EventSource:
@@ -97,7 +166,7 @@ def _parquet_batches(src: EventSource) -> Iterator[tuple[pa.RecordBatch, float]]
         # whole row groups ahead (about 300 MiB less at a million rows per group).
         readers = [pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20) for f in files]
         names = readers[0].schema_arrow.names
-        columns = [c for c in dict.fromkeys(src.needed()) if c in names]
+        columns = src.roots(names)
         schema: pa.Schema | None = None
         total = max(sum(r.metadata.num_rows for r in readers), 1)
         done = 0
@@ -105,7 +174,7 @@ def _parquet_batches(src: EventSource) -> Iterator[tuple[pa.RecordBatch, float]]
             present = [c for c in columns if c in reader.schema_arrow.names]
             for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=present):
                 batch.validate(full=True)  # as load_events: text that is not UTF-8 refused
-                batch = plain(batch)
+                batch = plain(_select(resolve_sources(batch, src.mapping, src.label), src))
                 if schema is None:
                     schema = batch.schema
                 elif batch.schema != schema:
@@ -183,13 +252,12 @@ def _jsonl_batches(src: EventSource) -> Iterator[tuple[pa.RecordBatch, float]]:
             check_json_depth(block, first_line=line_offset + 1, label=src.label)
             try:
                 table = pjson.read_json(io.BytesIO(block))
-                while any(pa.types.is_struct(t) for t in table.schema.types):
-                    table = table.flatten()
                 table.validate(full=True)  # as in load_events: malformed arrays seen
+                table = flatten_json(resolve_sources(table, src.mapping, src.label))
             except pa.ArrowInvalid:
                 # One type per field is what Arrow needs; a block that mixes them is
                 # read by the standard library, as load_events does for a whole file.
-                table = _jsonl_python(lines, line_offset, src.label)
+                table = _jsonl_python(lines, line_offset, src)
             line_offset += len(lines)
             if columns is None:
                 columns = [c for c in dict.fromkeys(src.needed()) if c in table.column_names]
@@ -209,10 +277,19 @@ def _jsonl_batches(src: EventSource) -> Iterator[tuple[pa.RecordBatch, float]]:
                 yield batch, min(fh.tell() / size, 0.999)
 
 
-def _jsonl_python(lines: list[bytes], line_offset: int, label: str) -> pa.Table:
-    records = json_records(lines, first_line=line_offset + 1, label=label)
+def _jsonl_python(lines: list[bytes], line_offset: int, src: EventSource) -> pa.Table:
+    records = json_records(lines, first_line=line_offset + 1, label=src.label)
+    resolved = resolve_records(records, src.mapping, src.label)
     frame = pd.json_normalize(records)
+    for name, values in resolved.items():
+        frame[name] = pd.Series(values, index=frame.index, dtype=object)
     return pa.table({str(c): _series_text(frame[c]) for c in frame.columns})
+
+
+def _select(batch: pa.RecordBatch, src: EventSource) -> pa.RecordBatch:
+    """The contract columns' (resolved) source columns of a batch, nothing else."""
+    names = [c for c in dict.fromkeys(src.needed()) if c in batch.schema.names]
+    return batch.select(names)
 
 
 def _series_text(series: pd.Series) -> pa.Array:

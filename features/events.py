@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from customer_lifecycle.features.contract import CHANNEL, CUSTOMER_ID, EVENT_TYPE
-from customer_lifecycle.features.mapping import EventMapping
+from customer_lifecycle.features.contract import AMOUNT, CHANNEL, CUSTOMER_ID, EVENT_TYPE
+from customer_lifecycle.features.mapping import EventMapping, refuse_lost_amounts
 from customer_lifecycle.features.paths import refuse_overlaps
 from customer_lifecycle.features.readers import EVENT_FORMATS, event_format, read_event_frame
 from customer_lifecycle.features.sink import write_atomic
@@ -40,7 +41,9 @@ def load_events(
         flattened to dotted column names such as ``properties.total``).
     mapping
         Column and event-name mapping (see :func:`features.mapping.load_mapping`);
-        ``None`` expects the contract's own names.
+        ``None`` expects the contract's own names. Nested fields and key/value
+        records it names are resolved from Parquet structs and lists and from JSON
+        objects and arrays.
     unknown_events
         ``"strict"`` quarantines event types outside the canonical list; ``"lenient"``
         keeps them under their own name and counts them in the summary.
@@ -62,8 +65,10 @@ def load_events(
         When ``path`` does not exist.
     ValueError
         On an unsupported extension, an unreadable or empty file, a missing required
-        column (named, with its source name when it came from ``mapping``), or a
-        quarantine path that would overwrite the events (nothing is read or written).
+        column (named, with its source name when it came from ``mapping``), a mapped
+        ``amount`` source that lost every purchase amount (unless the mapping allows
+        it, :func:`features.mapping.refuse_lost_amounts`), or a quarantine path that
+        would overwrite the events (nothing is read or written).
     """
     path = Path(path)
     if not path.exists():
@@ -75,7 +80,7 @@ def load_events(
     names = {
         c: (mapping.source_column(c) if mapping else c) for c in (CUSTOMER_ID, EVENT_TYPE, CHANNEL)
     }
-    frame = read_event_frame(path, fmt, label, label_columns=set(names.values()))
+    frame = read_event_frame(path, fmt, label, label_columns=set(names.values()), mapping=mapping)
     clean, quarantine, summary = validate_events(
         frame,
         mapping=mapping,
@@ -84,10 +89,25 @@ def load_events(
         row_offset=0,
         label=label,
     )
+    refuse_lost_amounts(mapping, **amounts_found(clean, summary), label=label)
     if len(quarantine):
         write_atomic(quarantine, target)
         summary = replace(summary, quarantine_path=target)
     return clean, summary
+
+
+def amounts_found(events: pd.DataFrame, summary: LoadSummary) -> dict[str, Any]:
+    """Purchases among ``events``, those with an amount, and whether the amount source was
+    missing: the arguments of :func:`features.mapping.refuse_lost_amounts`."""
+    purchase = (events[EVENT_TYPE] == "purchase").to_numpy()
+    with_amount = 0
+    if AMOUNT in events.columns:
+        with_amount = int(events[AMOUNT].notna().to_numpy()[purchase].sum())
+    return {
+        "purchases": int(purchase.sum()),
+        "with_amount": with_amount,
+        "missing": AMOUNT in summary.absent_columns or AMOUNT not in events.columns,
+    }
 
 
 def default_quarantine_path(path: Path) -> Path:

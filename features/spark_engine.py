@@ -29,17 +29,27 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from customer_lifecycle.features.contract import (
     AMOUNT,
+    CHANNEL,
     CUSTOMER_ID,
     EVENT_TYPE,
     TIMESTAMP,
     parse_as_of,
 )
 from customer_lifecycle.features.definition import ALL, DAY_NS, FeatureDefinition, load_definition
+from customer_lifecycle.features.mapping import (
+    ColumnSource,
+    EventMapping,
+    FieldSource,
+    refuse_lost_amounts,
+)
+from customer_lifecycle.features.paths import refuse_overlaps
+from customer_lifecycle.features.summary import LoadSummary
 from customer_lifecycle.features.validation import MAX_AMOUNT
 
 if TYPE_CHECKING:
@@ -268,84 +278,662 @@ def build_features_spark(
 
 
 def clean_events_spark(
-    events_df: DataFrame, *, unknown_events: str = "strict"
+    events_df: DataFrame,
+    *,
+    mapping: EventMapping | None = None,
+    unknown_events: str = "strict",
 ) -> tuple[DataFrame, DataFrame]:
-    """The row checks of :func:`features.events.validate_events`, as Spark expressions.
+    """The row checks of :func:`features.validation.validate_events`, as Spark expressions.
 
-    Returns the clean events (event types trimmed, refunds as magnitudes) and the bad
-    rows with a ``reason`` column (the first failing check of
-    :data:`features.validation.QUARANTINE_REASONS`; amounts beyond
-    :data:`features.validation.MAX_AMOUNT` in magnitude are ``amount_out_of_range``, so
-    the features of every clean row are finite).
+    Parameters
+    ----------
+    events_df
+        Source rows under their source column names.
+    mapping
+        Column names, event names and time unit of the source
+        (:class:`features.mapping.EventMapping`); ``None`` expects the contract's names.
+    unknown_events
+        ``"strict"`` or ``"lenient"``, as for :func:`features.events.load_events`.
+
+    Returns
+    -------
+    clean : pyspark.sql.DataFrame
+        The canonical events of the rows that passed: ``customer_id`` (text),
+        ``timestamp`` (integer nanoseconds since the epoch, UTC), ``event_type`` (mapped,
+        trimmed), then ``amount`` (refunds as magnitudes) and ``channel`` when the source
+        has them.
+    bad : pyspark.sql.DataFrame
+        The failed rows, source columns and a ``reason``: the first failing check of
+        :data:`features.validation.QUARANTINE_REASONS`, decided as ``validate_events``
+        decides it.
+
+    Raises
+    ------
+    ValueError
+        On a bad ``unknown_events`` or a missing required column (named, with its source
+        name when it came from ``mapping``).
     """
+    from pyspark.sql import functions as F
+
+    tagged = _tag_events(events_df, mapping=mapping, unknown_events=unknown_events)
+    bad = tagged.where(F.col(_REASON).isNotNull())
+    return _canonical(tagged), bad.drop(*_CANONICAL_FIELDS.values())
+
+
+# Canonical values computed beside the source columns, under names no source uses.
+_CANONICAL_FIELDS = {
+    CUSTOMER_ID: "__lc_customer_id",
+    TIMESTAMP: "__lc_timestamp",
+    EVENT_TYPE: "__lc_event_type",
+    AMOUNT: "__lc_amount",
+    CHANNEL: "__lc_channel",
+}
+_REASON = "reason"
+_FILE, _SPLIT, _ID = "__lc_file", "__lc_split", "__lc_id"
+#: Columns of a quarantine dataset before the source columns: the row reference
+#: (``source_file``, ``row_number``) and the reason.
+QUARANTINE_KEY = ("source_file", "row_number", "reason")
+#: Event file formats Spark reads, as :func:`features.readers.event_format` names them.
+SPARK_FORMATS = ("csv", "jsonl", "parquet")
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+def _tag_events(
+    events_df: DataFrame, *, mapping: EventMapping | None, unknown_events: str
+) -> DataFrame:
+    """Source columns, a ``reason`` (null when the row passes) and the canonical values."""
     from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
     from pyspark.sql import functions as F
 
     if unknown_events not in ("strict", "lenient"):
         raise ValueError(f"unknown_events must be 'strict' or 'lenient', got {unknown_events!r}")
-    for col in (CUSTOMER_ID, TIMESTAMP, EVENT_TYPE):
-        if col not in events_df.columns:
-            raise ValueError(f"events have no required column {col!r}")
-    cid = F.col(CUSTOMER_ID).cast("string")
-    et = F.trim(F.col(EVENT_TYPE).cast("string"))
-    amount = _number(AMOUNT) if AMOUNT in events_df.columns else None
+    if _REASON in events_df.columns:
+        events_df = events_df.withColumnRenamed(_REASON, f"{_REASON}_")
+    source, _ = _source_columns(events_df, mapping)
+    names = mapping.event_types if mapping else {}
+    unit = mapping.timestamp_unit if mapping else None
+    parsed = {
+        CUSTOMER_ID: source[CUSTOMER_ID].cast("string"),
+        TIMESTAMP: _times(events_df, source[TIMESTAMP], unit),
+        EVENT_TYPE: _translate(F.trim(_as_text(events_df, source[EVENT_TYPE])), names),
+    }
+    if AMOUNT in source:
+        amount, unparseable = _amount(events_df, source[AMOUNT])
+        parsed[AMOUNT] = amount
+        parsed[_AMOUNT_BAD] = unparseable
+    if CHANNEL in source:
+        channel = _as_text(events_df, source[CHANNEL])
+        parsed[CHANNEL] = F.when(F.trim(channel) != "", channel)
+    # parse once, then check the parsed columns: the checks refer to each value several
+    # times, and inlining the parsing into every reference makes code Spark cannot compile
+    parsed_df = events_df.select(
+        "*", *[value.alias(_CANONICAL_FIELDS.get(c, c)) for c, value in parsed.items()]
+    )
+    cid, nanos, et = (F.col(_CANONICAL_FIELDS[c]) for c in (CUSTOMER_ID, TIMESTAMP, EVENT_TYPE))
     checks: list[tuple[str, Column]] = [
         ("missing_customer_id", cid.isNull() | (F.trim(cid) == "")),
         ("missing_event_type", et.isNull() | (et == "")),
-        ("unparseable_timestamp", _nanos(events_df, TIMESTAMP).isNull()),
+        ("unparseable_timestamp", nanos.isNull()),
     ]
-    if amount is not None:
-        text = F.lower(F.trim(F.col(AMOUNT).cast("string")))
-        absent = F.col(AMOUNT).isNull() | text.isin(list(_NULL_TOKENS))
-        checks.append(("unparseable_amount", (~absent & amount.isNull()) | _infinite(amount)))
+    replaced: dict[str, Column] = {}
+    if AMOUNT in source:
+        amount = F.col(_CANONICAL_FIELDS[AMOUNT])
+        checks.append(("unparseable_amount", F.col(_AMOUNT_BAD)))
         checks.append(("amount_out_of_range", F.abs(amount) > F.lit(MAX_AMOUNT)))
         checks.append(("negative_purchase_amount", (et == "purchase") & (amount < 0)))
+        # Refunds arrive as +x or -x depending on the source; store the magnitude.
+        replaced[_CANONICAL_FIELDS[AMOUNT]] = F.when(et == "refund", F.abs(amount)).otherwise(
+            amount
+        )
     if unknown_events == "strict":
         checks.append(("unknown_event_type", ~et.isin(list(CANONICAL_EVENT_TYPES))))
     reason: Column = F.lit(None).cast("string")
-    for name, failed in reversed(checks):
+    for name, failed in reversed(checks):  # the first failing check wins
         reason = F.when(F.coalesce(failed, F.lit(False)), F.lit(name)).otherwise(reason)
-    tagged = events_df.withColumn("reason", reason)
-    clean = tagged.where(F.col("reason").isNull()).drop("reason")
-    clean = clean.withColumn(EVENT_TYPE, et).withColumn(CUSTOMER_ID, cid)
-    if amount is not None:
-        clean = clean.withColumn(AMOUNT, F.when(et == "refund", F.abs(amount)).otherwise(amount))
-    return clean, tagged.where(F.col("reason").isNotNull())
+    tagged = parsed_df.withColumn(_REASON, reason)
+    for name, value in replaced.items():
+        tagged = tagged.withColumn(name, value)
+    return tagged.drop(_AMOUNT_BAD) if AMOUNT in source else tagged
 
 
-def features_parquet(
+_AMOUNT_BAD = "__lc_amount_bad"
+
+
+def _canonical(tagged: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    present = [c for c, field in _CANONICAL_FIELDS.items() if field in tagged.columns]
+    return tagged.where(F.col(_REASON).isNull()).select(
+        *[F.col(_CANONICAL_FIELDS[c]).alias(c) for c in present]
+    )
+
+
+def _source_columns(
+    df: DataFrame, mapping: EventMapping | None
+) -> tuple[dict[str, Column], dict[str, str]]:
+    """Contract column -> the expression that reads it from the source, and the optional
+    columns whose mapped source the data lacks (contract column -> source name).
+
+    Sources resolve as :class:`features.mapping.FieldSource` says, with Spark column
+    expressions: a column named by the whole text, else a field path into records
+    (``ecommerce.purchase_revenue``), a key of a list of key/value records
+    (``event_params[value]``, the value record coalesced), the first non-null of a
+    ``first_of`` list.
+    """
+    from customer_lifecycle.features.contract import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+
+    found = ", ".join(df.columns[:12]) + (", ..." if len(df.columns) > 12 else "")
+    columns: dict[str, Column] = {}
+    absent: dict[str, str] = {}
+    for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+        source = mapping.source(column) if mapping else None
+        name = source.name if source else column
+        col = _resolve_source(df, source) if source else _resolve(df, column)
+        if col is not None:
+            columns[column] = col
+        elif column in REQUIRED_COLUMNS:
+            if name != column:
+                raise ValueError(
+                    f"events have no column {name!r}, which the mapping names for {column!r} "
+                    f"(columns found: {found})"
+                )
+            raise ValueError(f"events have no required column {column!r} (columns found: {found})")
+        elif name != column:
+            absent[column] = name
+    return columns, absent
+
+
+def _resolve_source(df: DataFrame, source: ColumnSource) -> Column | None:
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    found = [f for f in (_resolve_field(df, s) for s in source.first_of) if f is not None]
+    if not found:
+        return None
+    if len(found) == 1:
+        return found[0][0]
+    if len({kind.simpleString() for _, kind in found}) > 1:
+        found = [(_text_of(col, kind), T.StringType()) for col, kind in found]
+    blank_as_null = [
+        F.when(F.trim(col) != "", col) if isinstance(kind, T.StringType) else col
+        for col, kind in found
+    ]
+    return F.coalesce(*blank_as_null)
+
+
+def _resolve_field(df: DataFrame, source: FieldSource) -> tuple[Column, Any] | None:
+    """One source's expression and Spark type; ``None`` when the data lacks it."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    if source.text in df.columns:  # a column of that very name wins
+        return F.col(_quote(source.text)), df.schema[source.text].dataType
+    if source.column not in df.columns:
+        return None
+    walked = _walk(
+        F.col(_quote(source.column)), df.schema[source.column].dataType, source.path, source
+    )
+    if walked is None or source.key is None:
+        return walked
+    col, kind = walked
+    if not (isinstance(kind, T.ArrayType) and isinstance(kind.elementType, T.StructType)):
+        where = ".".join((source.column, *source.path))
+        raise ValueError(
+            f"events: source {source.text!r} looks up a key in {where!r}, which is "
+            f"{kind.simpleString()}, not a list of records"
+        )
+    if source.key_field not in kind.elementType.fieldNames():
+        return None
+    key_field, key = source.key_field, source.key
+    hits = F.filter(col, lambda e: e[key_field].cast("string") == F.lit(key))
+    entry = F.get(hits, 0)  # null when no entry has the key (or the list is null)
+    walked = _walk(entry, kind.elementType, source.value_path, source)
+    if walked is None:
+        return None
+    col, kind = walked
+    if isinstance(kind, T.StructType):  # GA4's value record: the first field set
+        if not kind.fields:
+            return F.lit(None).cast("string"), T.StringType()
+        kinds = {f.dataType.simpleString() for f in kind.fields}
+        parts = [
+            col[f.name] if len(kinds) == 1 else _text_of(col[f.name], f.dataType)
+            for f in kind.fields
+        ]
+        return F.coalesce(*parts), kind.fields[0].dataType if len(kinds) == 1 else T.StringType()
+    return col, kind
+
+
+def _walk(
+    col: Column, kind: Any, path: tuple[str, ...], source: FieldSource
+) -> tuple[Column, Any] | None:
+    """Follow ``path`` through nested records; ``None`` where a field does not exist."""
+    from pyspark.sql import types as T
+
+    for depth, name in enumerate(path):
+        if not isinstance(kind, T.StructType):
+            where = ".".join((source.column, *path[:depth])) if source.key is None else source.text
+            raise ValueError(
+                f"events: source {source.text!r} needs {where!r} to be a record with a field "
+                f"{name!r}, but it is {kind.simpleString()}"
+            )
+        if name not in kind.fieldNames():
+            return None
+        col, kind = col[name], kind[name].dataType
+    return col, kind
+
+
+def _text_of(col: Column, kind: Any) -> Column:
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    if isinstance(kind, T.StructType | T.ArrayType | T.MapType):
+        return F.to_json(col)
+    return col.cast("string")
+
+
+def _resolve(df: DataFrame, name: str) -> Column | None:
+    """A column of ``df`` by name (the contract's own names, when there is no mapping)."""
+    from pyspark.sql import functions as F
+
+    return F.col(_quote(name)) if name in df.columns else None
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _kind(df: DataFrame, col: Column) -> Any:
+    return df.select(col).schema.fields[0].dataType
+
+
+def _as_text(df: DataFrame, col: Column) -> Column:
+    """A column as text; records and lists as JSON."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    kind = _kind(df, col)
+    if isinstance(kind, T.StructType | T.ArrayType | T.MapType):
+        return F.to_json(col)
+    return col.cast("string")
+
+
+def _translate(et: Column, names: dict[str, str]) -> Column:
+    """Source event names -> canonical ones; names left out pass through."""
+    from pyspark.sql import functions as F
+
+    if not names:
+        return et
+    out: Any = F
+    for source, target in names.items():
+        out = out.when(et == F.lit(source), F.lit(target))
+    return out.otherwise(et)
+
+
+def _times(df: DataFrame, col: Column, unit: str | None) -> Column:
+    """UTC nanoseconds since the epoch (``long``), null where unparseable or missing."""
+    from customer_lifecycle.features.mapping import TIMESTAMP_UNITS
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    kind = _kind(df, col)
+    if isinstance(kind, T.TimestampType | T.TimestampNTZType | T.DateType):
+        return F.unix_micros(col.cast("timestamp")) * F.lit(1000)
+    if unit is None:
+        if isinstance(kind, T.LongType | T.IntegerType):
+            return col.cast("long")  # nanosecond Parquet columns read as integers
+        return F.unix_micros(F.try_to_timestamp(_as_text(df, col))) * F.lit(1000)
+    scale = TIMESTAMP_UNITS[unit]
+    limit = (2**63 - 1) // scale
+    if isinstance(kind, T.IntegralType):
+        whole = col.cast("decimal(20,0)")
+    elif isinstance(kind, T.StringType):
+        text = F.trim(col)
+        # at most 19 digits: every such number fits the decimal, and those in range a long
+        whole = F.when(text.rlike(r"^[+-]?\d{1,19}$"), text.cast("decimal(20,0)"))
+    else:
+        whole = F.lit(None).cast("decimal(20,0)")
+    number, _ = _amount(df, col)
+    ok = number.isNotNull() & (F.abs(number) < F.lit(float(limit)))
+    fractional = F.when(ok, F.round(number * F.lit(float(scale))).cast("long"))
+    in_range = whole.isNotNull() & (whole > F.lit(-limit)) & (whole < F.lit(limit))
+    # whole numbers exactly; others (1.5 s) rounded to the nanosecond, as in memory
+    exact = whole.cast("long") * F.lit(scale)
+    return F.when(in_range, exact).when(whole.isNull(), fractional)
+
+
+def _amount(df: DataFrame, col: Column) -> tuple[Column, Column]:
+    """A number column as ``double`` (null where absent or bad) and the bad-cell mask.
+
+    Numbers are numbers; text is a number when it reads as one (surrounding blanks
+    allowed), absent when it is empty or a spelling of "no value", bad otherwise, and
+    an infinite number is bad: the rules of :func:`features.validation.validate_events`.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    kind = _kind(df, col)
+    if isinstance(kind, T.NumericType | T.BooleanType):
+        value = col.cast("double")
+        return F.when(~F.isnan(value), value), _infinite(value)
+    text = F.trim(_as_text(df, col))
+    numeric = text.rlike(_NUMBER)
+    absent = col.isNull() | F.lower(text).isin(list(_NULL_TOKENS))
+    value = F.when(numeric, text.cast("double"))
+    bad = (~numeric & ~absent) | F.coalesce(_infinite(value), F.lit(False))
+    return F.when(~_infinite(value), value), bad
+
+
+def load_events_spark(
+    spark: SparkSession,
+    path: str | Path,
+    *,
+    mapping: EventMapping | None = None,
+    unknown_events: str = "strict",
+    quarantine_path: str | Path | None = None,
+) -> tuple[DataFrame, LoadSummary]:
+    """Read an event log on Spark, check every row, quarantine the failures.
+
+    The Spark counterpart of :func:`features.events.load_events`: the same formats
+    (CSV, JSON Lines, Parquet; a file or a directory of them), the same mapping, the
+    same checks and reasons. Failed rows are written, atomically, as a Parquet dataset
+    (``source_file``, ``row_number``, ``reason``, then the source columns as text) when
+    there is at least one.
+
+    Parameters
+    ----------
+    spark
+        The session (see :func:`spark_session`).
+    path
+        ``.csv`` / ``.csv.gz``, ``.jsonl`` / ``.ndjson``, ``.parquet`` / ``.pq``, or a
+        directory (Parquet unless its name ends in one of the other endings), local or
+        on any file system Spark reaches.
+    mapping, unknown_events
+        As for :func:`features.events.load_events`.
+    quarantine_path
+        A Parquet directory (``.parquet`` or ``.pq``); default
+        :func:`default_spark_quarantine_path` of ``path``. Refused if it is, or lies in,
+        the events.
+
+    Returns
+    -------
+    events : pyspark.sql.DataFrame
+        Canonical events (see :func:`clean_events_spark`); lazy, read again when used.
+    summary : LoadSummary
+        Rows read, kept and quarantined by reason, the quarantine's path.
+
+    Raises
+    ------
+    ValueError
+        One line: an unsupported name, a quarantine path that would overwrite the
+        events, a missing column, a JSON line that is not a JSON object.
+    FileNotFoundError
+        A local ``path`` that does not exist.
+    """
+    from pyspark.sql import functions as F
+
+    fmt = spark_event_format(path)
+    target = quarantine_path if quarantine_path is not None else default_spark_quarantine_path(path)
+    _check_parquet_name("--quarantine", target)
+    refuse_overlaps([("the events", Path(str(path)))], [("the quarantine", Path(str(target)))])
+    raw = _read(spark, str(path), fmt)
+    for name in QUARANTINE_KEY:  # the quarantine's own columns come first
+        if name in raw.columns:
+            raw = raw.withColumnRenamed(name, f"{name}_")
+    tagged = _tag_events(raw, mapping=mapping, unknown_events=unknown_events).select(
+        "*",
+        F.input_file_name().alias(_FILE),
+        F.input_file_block_start().alias(_SPLIT),
+        F.monotonically_increasing_id().alias(_ID),
+    )
+    tally = _tally(tagged, raw, unknown_events=unknown_events)
+    splits, counts = tally.splits, tally.reasons
+    if tally.corrupt:
+        raise ValueError(f"events {path}: {tally.corrupt:,} lines are not JSON objects")
+    rows = sum(n for n, _ in splits.values())
+    bad = sum(counts.values())
+    if rows == 0:
+        raise ValueError(f"events {path} has no rows")
+    absent = _source_columns(raw, mapping)[1]
+    refuse_lost_amounts(
+        mapping,
+        purchases=tally.purchases,
+        with_amount=tally.with_amount,
+        missing=AMOUNT in absent or _CANONICAL_FIELDS[AMOUNT] not in tagged.columns,
+        label=f"events {path}",
+    )
+    written: Path | None = None
+    if bad:
+        quarantine = _with_row_numbers(tagged.where(F.col(_REASON).isNotNull()), splits)
+        source = [c for c in raw.columns if c != _CORRUPT]
+        quarantine = quarantine.select(
+            F.col(_FILE).alias("source_file"),
+            "row_number",
+            _REASON,
+            *[_text_of(F.col(_quote(c)), raw.schema[c].dataType).alias(c) for c in source],
+        )
+        write_parquet_atomic(quarantine, target)
+        written = Path(str(target))
+    summary = LoadSummary(
+        source=str(path),
+        rows_read=rows,
+        rows_kept=rows - bad,
+        quarantined=counts,
+        quarantine_path=written,
+        unknown_event_types=tally.unknown,
+        absent_columns=absent,
+    )
+    return _canonical(tagged), summary
+
+
+_CORRUPT = "_corrupt_record"
+
+
+def spark_event_format(path: str | Path) -> str:
+    """``csv``, ``jsonl`` or ``parquet`` by name; a local directory without one is Parquet."""
+    from customer_lifecycle.features.readers import EVENT_FORMATS
+
+    name = str(path).lower().rstrip("/")
+    for ext in sorted(EVENT_FORMATS, key=len, reverse=True):
+        if name.endswith(ext):
+            fmt = EVENT_FORMATS[ext]
+            break
+    else:
+        fmt = "parquet" if "://" in name or Path(path).is_dir() else ""
+    if "://" not in name and not Path(path).exists():
+        raise FileNotFoundError(f"events file {path} does not exist")
+    if fmt not in SPARK_FORMATS:
+        raise ValueError(
+            f"--events {path}: the Spark engine reads .csv, .csv.gz, .jsonl, .ndjson, "
+            ".parquet or .pq (a file or a directory)"
+        )
+    return fmt
+
+
+def default_spark_quarantine_path(events: str | Path) -> str:
+    """``<name>.quarantine.parquet`` beside the events (``events.csv.gz`` ->
+    ``events.quarantine.parquet``)."""
+    from customer_lifecycle.features.readers import EVENT_FORMATS
+
+    text = str(events).rstrip("/")
+    for ext in sorted(EVENT_FORMATS, key=len, reverse=True):
+        if text.lower().endswith(ext):
+            text = text[: -len(ext)]
+            break
+    return f"{text}.quarantine.parquet"
+
+
+def _read(spark: SparkSession, path: str, fmt: str) -> DataFrame:
+    reader = spark.read
+    if fmt == "csv":
+        # every cell as text, as the in-memory reader has it ("007" keeps its zeros)
+        return reader.csv(path, header=True, inferSchema=False)
+    if fmt == "jsonl":
+        return reader.option("mode", "PERMISSIVE").json(path)
+    return reader.parquet(path)
+
+
+@dataclass
+class _Tally:
+    #: (file, split start) -> (rows, id of the first row)
+    splits: dict[tuple[str, int], tuple[int, int]]
+    #: quarantine reason -> rows, in the order of QUARANTINE_REASONS
+    reasons: dict[str, int]
+    #: event types outside the canonical list kept (lenient) -> rows
+    unknown: dict[str, int]
+    #: rows that are not JSON objects
+    corrupt: int
+    #: kept purchases, and those with an amount
+    purchases: int
+    with_amount: int
+
+
+def _tally(tagged: DataFrame, raw: DataFrame, *, unknown_events: str) -> _Tally:
+    """Everything the summary and the row references need, in one pass over the log."""
+    from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
+    from customer_lifecycle.features.validation import QUARANTINE_REASONS
+    from pyspark.sql import functions as F
+
+    et = F.col(_CANONICAL_FIELDS[EVENT_TYPE])
+    unknown = (
+        F.when(F.col(_REASON).isNull() & ~et.isin(list(CANONICAL_EVENT_TYPES)), et)
+        if unknown_events == "lenient"
+        else F.lit(None).cast("string")
+    )
+    corrupt = F.col(_CORRUPT).isNotNull() if _CORRUPT in raw.columns else F.lit(False)
+    has_amount = (
+        F.col(_CANONICAL_FIELDS[AMOUNT]).isNotNull()
+        if _CANONICAL_FIELDS[AMOUNT] in tagged.columns
+        else F.lit(False)
+    )
+    # 0: not a kept purchase, 1: a kept purchase without an amount, 2: with one
+    purchase = F.when(F.col(_REASON).isNull() & (et == "purchase"), 1 + has_amount.cast("int"))
+    rows = (
+        tagged.groupBy(
+            _FILE,
+            _SPLIT,
+            F.col(_REASON),
+            unknown.alias("unknown"),
+            corrupt.alias("corrupt"),
+            F.coalesce(purchase, F.lit(0)).alias("purchase"),
+        )
+        .agg(F.count(F.lit(1)).alias("n"), F.min(_ID).alias("first"))
+        .collect()
+    )
+    splits: dict[tuple[str, int], tuple[int, int]] = {}
+    counts: dict[str, int] = {}
+    kept_unknown: dict[str, int] = {}
+    n_corrupt = purchases = with_amount = 0
+    for r in rows:
+        purchases += r["n"] if r["purchase"] else 0
+        with_amount += r["n"] if r["purchase"] == 2 else 0
+        key = (r[_FILE], r[_SPLIT])
+        n, first = splits.get(key, (0, r["first"]))
+        splits[key] = (n + r["n"], min(first, r["first"]))
+        if r["corrupt"]:
+            n_corrupt += r["n"]
+        if r[_REASON] is not None:
+            counts[r[_REASON]] = counts.get(r[_REASON], 0) + r["n"]
+        elif r["unknown"] is not None:
+            kept_unknown[r["unknown"]] = kept_unknown.get(r["unknown"], 0) + r["n"]
+    ordered = {k: counts[k] for k in QUARANTINE_REASONS if k in counts}
+    return _Tally(splits, ordered, kept_unknown, n_corrupt, purchases, with_amount)
+
+
+def _with_row_numbers(rows: DataFrame, splits: dict[tuple[str, int], tuple[int, int]]) -> DataFrame:
+    """``row_number``: the 1-based position of a row in its file.
+
+    A file is read in splits (byte ranges); within a split rows come in file order with
+    consecutive ids. The rows before a split are those of the file's earlier splits.
+    """
+    from pyspark.sql import functions as F
+
+    offsets = []
+    before: dict[str, int] = {}
+    for (file, start), (n, first) in sorted(splits.items()):
+        offsets.append((file, start, before.get(file, 0) - first))
+        before[file] = before.get(file, 0) + n
+    spark = rows.sparkSession
+    table = spark.createDataFrame(offsets, f"{_FILE} string, {_SPLIT} long, __lc_offset long")
+    joined = rows.join(F.broadcast(table), [_FILE, _SPLIT])
+    return joined.withColumn("row_number", F.col(_ID) + F.col("__lc_offset") + F.lit(1))
+
+
+def write_parquet_atomic(frame: DataFrame, path: str | Path) -> None:
+    """Write ``frame`` as a Parquet directory at ``path``, complete or not at all.
+
+    Spark writes into a hidden directory beside ``path``, which is renamed into place
+    (any previous ``path`` is moved aside first and removed after), through the Hadoop
+    file system of ``path``, so it works on every file system Spark writes to.
+    """
+    import uuid
+
+    spark = frame.sparkSession
+    jvm: Any = spark._jvm  # type: ignore[attr-defined]
+    target = jvm.org.apache.hadoop.fs.Path(str(path))
+    fs = target.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[attr-defined]
+    parent, name = target.getParent(), target.getName()
+    tmp = jvm.org.apache.hadoop.fs.Path(parent, f".{name}.tmp-{uuid.uuid4().hex}")
+    old = jvm.org.apache.hadoop.fs.Path(parent, f".{name}.old-{uuid.uuid4().hex}")
+    try:
+        frame.write.parquet(str(tmp.toString()))
+        moved = fs.exists(target) and fs.rename(target, old)
+        if not fs.rename(tmp, target):
+            if moved:
+                fs.rename(old, target)
+            raise OSError(f"could not move the written dataset into place at {path}")
+        if moved:
+            fs.delete(old, True)
+    finally:
+        if fs.exists(tmp):
+            fs.delete(tmp, True)
+
+
+def features_spark(
     events: str | Path,
     *,
     as_of: object,
     out: str | Path,
     definition: FeatureDefinition | None = None,
+    mapping: EventMapping | None = None,
     master: str = "local[*]",
     unknown_events: str = "strict",
-) -> int:
-    """Read a Parquet event log, build features on Spark, write them as Parquet.
+    quarantine_path: str | Path | None = None,
+) -> tuple[int, LoadSummary]:
+    """Read an event log, build features on Spark, write them as Parquet.
 
-    ``out`` is a Parquet directory (Spark writes one file per task). Bad rows are
-    dropped and counted, not quarantined to a file. Returns the number of customers.
+    ``events``, ``mapping``, ``unknown_events`` and ``quarantine_path`` are those of
+    :func:`load_events_spark`; ``out`` is a Parquet directory (one file per task),
+    written atomically. Returns the number of customers and the load summary.
     """
-    check_parquet_paths(events, out)
+    quarantine = check_spark_paths(events, out, quarantine_path)
     spark = spark_session(master)
-    raw = spark.read.parquet(str(events))
-    clean, _ = clean_events_spark(raw, unknown_events=unknown_events)
+    clean, summary = load_events_spark(
+        spark, events, mapping=mapping, unknown_events=unknown_events, quarantine_path=quarantine
+    )
     table = build_features_spark(clean, as_of=as_of, definition=definition)
-    table.write.mode("overwrite").parquet(str(out))
-    return spark.read.parquet(str(out)).count()
+    write_parquet_atomic(table, out)
+    return spark.read.parquet(str(out)).count(), summary
 
 
-def check_parquet_paths(events: str | Path, out: str | Path) -> None:
-    """Refuse, in one line, paths the Spark commands cannot read or write."""
-    for label, path in (("--events", events), ("--out", out)):
-        name = str(path).lower().rstrip("/")
-        if not (
-            name.endswith((".parquet", ".pq")) or (label == "--events" and Path(path).is_dir())
-        ):
-            raise ValueError(f"{label} {path}: the Spark engine reads and writes Parquet only")
-    if not Path(events).exists() and "://" not in str(events):
-        raise FileNotFoundError(f"events file {events} does not exist")
+def check_spark_paths(
+    events: str | Path, out: str | Path, quarantine: str | Path | None = None
+) -> str:
+    """Refuse, in one line and before any work, paths the Spark commands cannot read or
+    write, or outputs that would overwrite the events; returns the quarantine's path."""
+    spark_event_format(events)
+    _check_parquet_name("--out", out)
+    target = str(quarantine) if quarantine is not None else default_spark_quarantine_path(events)
+    _check_parquet_name("--quarantine", target)
+    refuse_overlaps(
+        [("the events", Path(str(events)))],
+        [("--out", Path(str(out))), ("the quarantine", Path(target))],
+    )
+    return target
+
+
+def _check_parquet_name(label: str, path: str | Path) -> None:
+    if not str(path).lower().rstrip("/").endswith((".parquet", ".pq")):
+        raise ValueError(f"{label} {path}: the Spark engine writes Parquet only (.parquet, .pq)")
 
 
 def _nanos(df: DataFrame, name: str) -> Column:
@@ -384,9 +972,14 @@ def _infinite(x: Column) -> Column:
 
 
 __all__: list[Any] = [
+    "QUARANTINE_KEY",
     "build_features_spark",
-    "check_parquet_paths",
+    "check_spark_paths",
     "clean_events_spark",
-    "features_parquet",
+    "default_spark_quarantine_path",
+    "features_spark",
+    "load_events_spark",
+    "spark_event_format",
     "spark_session",
+    "write_parquet_atomic",
 ]

@@ -26,6 +26,7 @@ from customer_lifecycle.features.contract import (
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
     TIMESTAMP,
+    is_timestamp_text,
     parse_timestamps,
     to_canonical_frame,
 )
@@ -316,19 +317,26 @@ def _parse_times(series: pd.Series, unit: str | None, label: str, source: str) -
             f"timestamp_unit ({', '.join(TIMESTAMP_UNITS)}) in the mapping"
         )
     arr = _arrow_strings(series)
-    arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, arr.type), arr)
+    # Only texts of the contract's pattern are times (Arrow and pandas would also read
+    # "2024", "+02" offsets or, pandas, "now"); the rest become null, so quarantined.
+    is_time = is_timestamp_text(arr)
+    arr = pc.if_else(pa.array(is_time), arr, pa.scalar(None, arr.type))
     # Arrow parses a column of zoned ISO times, or one of naive ISO times, several
-    # times faster than pandas; anything else (mixed, or with bad cells) goes to the
-    # contract's parser, which defines the semantics.
-    for target in (pa.timestamp("ns", tz="UTC"), pa.timestamp("ns")):
+    # times faster than pandas; a column that mixes them goes to the contract's
+    # parser, which reads every text of the pattern to the same instant. Arrow refuses
+    # naive texts cast to a zoned type only after a slow pass (seconds for millions of
+    # rows), so the kind of the first time is tried first: in a text of the pattern,
+    # "Z", "+" or "-" after the date can only start an offset.
+    first = str(arr[int(np.argmax(is_time))]) if is_time.any() else ""
+    zoned, naive = pa.timestamp("ns", tz="UTC"), pa.timestamp("ns")
+    targets = (zoned, naive) if any(c in first[10:] for c in "Z+-") else (naive, zoned)
+    for target in targets:
         try:
             parsed = pc.cast(arr, target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
         nanos = pc.cast(parsed, pa.int64())
         return (pc.fill_null(nanos, _NAT) if nanos.null_count else nanos).to_numpy()
-    # the contract's parser gets the cells as text, as a CSV has them: cells of other
-    # kinds (booleans, lists, dates from a JSON or Parquet log) are not times it knows
     return _nanos(parse_timestamps(arr.to_pandas(types_mapper=None)))
 
 

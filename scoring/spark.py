@@ -21,12 +21,15 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 from customer_lifecycle.features.contract import CUSTOMER_ID
+from customer_lifecycle.features.mapping import EventMapping
 from customer_lifecycle.features.spark_engine import (
     build_features_spark,
-    check_parquet_paths,
-    clean_events_spark,
+    check_spark_paths,
+    load_events_spark,
     spark_session,
+    write_parquet_atomic,
 )
+from customer_lifecycle.features.summary import LoadSummary
 from customer_lifecycle.scoring.bundle import ModelBundle
 from customer_lifecycle.scoring.pyfunc import load_bundle
 
@@ -71,28 +74,36 @@ def score_parquet(
     model: str | Path,
     as_of: object,
     out: str | Path,
+    mapping: EventMapping | None = None,
     master: str = "local[*]",
     unknown_events: str = "strict",
-) -> int:
-    """Score a Parquet event log on Spark and write the scores as Parquet.
+    quarantine_path: str | Path | None = None,
+) -> tuple[int, LoadSummary]:
+    """Score an event log on Spark and write the scores as Parquet.
 
-    ``model`` is any model reference :func:`scoring.pyfunc.load_bundle` takes (the
-    registry is read on the driver). ``out`` is a Parquet directory. Bad rows are
-    dropped by :func:`features.spark_engine.clean_events_spark`. Returns the number of
-    customers scored.
+    ``events`` (CSV, JSON Lines or Parquet), ``mapping``, ``unknown_events`` and
+    ``quarantine_path`` are those of :func:`features.spark_engine.load_events_spark`:
+    bad rows are quarantined as a Parquet dataset with their row references. ``model``
+    is any model reference :func:`scoring.pyfunc.load_bundle` takes (the registry is
+    read on the driver). ``out`` is a Parquet directory, written atomically. Returns the
+    number of customers scored and the load summary.
     """
-    check_parquet_paths(events, out)
+    quarantine = check_spark_paths(events, out, quarantine_path)
     bundle = load_bundle(model)
     spark = spark_session(master)
     with tempfile.TemporaryDirectory(prefix="lifecycle-spark-") as tmp:
         # a name of its own: SparkContext.addFile refuses a second file under one name
         bundle_dir = bundle.save(Path(tmp) / f"{_BUNDLE_DIR}-{uuid.uuid4().hex}")
-        clean, _ = clean_events_spark(
-            spark.read.parquet(str(events)), unknown_events=unknown_events
+        clean, summary = load_events_spark(
+            spark,
+            events,
+            mapping=mapping,
+            unknown_events=unknown_events,
+            quarantine_path=quarantine,
         )
         scores = score_spark(clean, bundle=bundle, as_of=as_of, bundle_dir=bundle_dir)
-        scores.write.mode("overwrite").parquet(str(out))
-    return spark.read.parquet(str(out)).count()
+        write_parquet_atomic(scores, out)
+    return spark.read.parquet(str(out)).count(), summary
 
 
 __all__ = ["score_parquet", "score_spark"]

@@ -2,26 +2,31 @@
 
 Event rows get the same checks as rows of an event file (:mod:`features.events`), with
 the same reason names: ``missing_customer_id``, ``missing_event_type``,
-``unparseable_timestamp``, ``unparseable_amount``, ``negative_purchase_amount`` and
-``unknown_event_type`` (the strict policy). A bad row is not quarantined here but
-refused with 422, its location (customer index, event index, field) in ``loc``.
+``unparseable_timestamp``, ``unparseable_amount``, ``amount_out_of_range``,
+``negative_purchase_amount`` and ``unknown_event_type`` (the strict policy). A bad
+row is not quarantined here but refused with 422, its location (customer index, event
+index, field) in ``loc``.
 
 The JSON Schema carries the same rules where JSON Schema can say them (event type
-enum, non-negative purchase amounts, the supported time range), so a client generated
-from the OpenAPI document, or a fuzzer, knows what is accepted.
+enum, the time pattern, the amount bound, non-negative purchase amounts), so a client
+generated from the OpenAPI document, or a fuzzer, knows what is accepted.
 """
 
 from __future__ import annotations
 
-import calendar
 import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
+from customer_lifecycle.features.contract import (
+    CANONICAL_EVENT_TYPES,
+    TIMESTAMP_FORMS,
+    TIMESTAMP_PATTERN,
+)
 from customer_lifecycle.features.messages import did_you_mean
+from customer_lifecycle.features.validation import MAX_AMOUNT
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -37,29 +42,16 @@ from pydantic import (
 
 _EVENT_TYPES = frozenset(CANONICAL_EVENT_TYPES)
 # Times are kept as nanoseconds since the epoch in int64, as in the event files: the
-# range of such times, less a day (so that any offset on a time of the years the
-# pattern below admits stays inside).
+# range of such times, less a day. The pattern's years keep every text inside it;
+# this bounds datetime objects (a Python caller's, not JSON's).
 _EARLIEST = datetime(1677, 9, 22, tzinfo=UTC)
 _LATEST = datetime(2262, 4, 11, tzinfo=UTC)
-# The time forms accepted, the same for the API and for event files (docs/events.md):
-# an ISO 8601 date, optionally with a time (hh:mm, seconds and up to nanoseconds
-# optional), optionally with an offset (Z, +hh:mm or +hhmm); a real day (February 29
-# in leap years only) of a year in 1678-2261 (the range of nanosecond times). The
-# pattern says it all, so the OpenAPI document is exact. The file loader reads every
-# such text to the same instant (tests/serving/test_hostile.py checks it). Epoch
-# numbers, in text or not, are not times here: a file says its epoch unit in its
-# mapping, a request cannot.
-_YEAR = r"(167[89]|16[89]\d|1[7-9]\d\d|2[01]\d\d|22[0-5]\d|226[01])"
-_LEAP_YEAR = "(" + "|".join(str(y) for y in range(1678, 2262) if calendar.isleap(y)) + ")"
-_DATE = (
-    f"({_YEAR}-((0[13578]|1[02])-(0[1-9]|[12]\\d|3[01])|(0[469]|11)-(0[1-9]|[12]\\d|30)"
-    f"|02-(0[1-9]|1\\d|2[0-8]))|{_LEAP_YEAR}-02-29)"
-)
-_TIME_PATTERN = (
-    f"^{_DATE}"
-    r"([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,9})?)?(Z|[+-]([01]\d|2[0-3]):?[0-5]\d)?)?$"
-)
-_TIME_TEXT = re.compile(_TIME_PATTERN)
+# The time texts accepted are the event contract's (features.contract,
+# docs/events.md), the same as an event file's, so the OpenAPI document is exact and
+# the file loader reads every accepted text to the same instant
+# (tests/serving/test_hostile.py checks it). Epoch numbers, in text or not, are not
+# times here: a file says its epoch unit in its mapping, a request cannot.
+_TIME_TEXT = re.compile(TIMESTAMP_PATTERN)
 # What counts as blank: Python's whitespace (what the file loader strips) plus the
 # byte-order mark, spelled out so JSON Schema's regex dialect reads it the same way.
 _BLANK = (
@@ -68,11 +60,7 @@ _BLANK = (
 _NOT_BLANK = re.compile(f"[^{_BLANK}]")
 #: Strings echoed in a 422 answer are cut to this many characters.
 _ECHO_CHARS = 64
-_TIME_DOC = (
-    "ISO 8601 time: YYYY-MM-DD, optionally with Thh:mm[:ss[.fffffffff]] and an offset "
-    "(Z, +hh:mm, +hhmm); without an offset it is UTC. Years 1678-2261 (the range of "
-    "nanosecond times). The forms an event file accepts (docs/events.md)."
-)
+_TIME_DOC = TIMESTAMP_FORMS + " The forms an event file accepts (docs/events.md)."
 
 
 def _utc_time(value: object, handler: ValidatorFunctionWrapHandler) -> datetime:
@@ -107,7 +95,7 @@ UtcTime = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "pattern": _TIME_PATTERN,
+            "pattern": TIMESTAMP_PATTERN,
             "description": _TIME_DOC,
         }
     ),
@@ -132,6 +120,13 @@ def _number(value: object) -> object:
     if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
         return value
     raise ValueError("unparseable_amount: expected a JSON number or null")
+
+
+def _amount_in_range(value: float | None) -> float | None:
+    # The file loaders' bound: beyond it, sums of amounts over a window could overflow.
+    if value is not None and abs(value) > MAX_AMOUNT:
+        raise ValueError(f"amount_out_of_range: |amount| is above {MAX_AMOUNT:g}")
+    return value
 
 
 def _customer_id(value: str) -> str:
@@ -179,9 +174,22 @@ class Event(BaseModel):
         ),
         AfterValidator(_event_type),
     ]
-    amount: Annotated[FiniteFloat | None, BeforeValidator(_number)] = Field(
+    amount: Annotated[
+        FiniteFloat | None,
+        BeforeValidator(_number),
+        AfterValidator(_amount_in_range),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "minimum": -MAX_AMOUNT, "maximum": MAX_AMOUNT},
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = Field(
         default=None,
-        description="Money for purchases and refunds (refunds may be negative or positive).",
+        description="Money for purchases and refunds (refunds may be negative or positive); "
+        f"at most {MAX_AMOUNT:g} in magnitude.",
     )
     channel: str | None = Field(default=None, max_length=256, description="Acquisition channel.")
 

@@ -36,6 +36,14 @@ MappingOption = Annotated[
     str | None,
     typer.Option(help="Column/event mapping: a YAML file, or a preset: ga4, segment."),
 ]
+AllowMissingAmountsOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-missing-amounts",
+        help="Load the log even when the mapping's amount source is missing, or null on "
+        "every purchase (purchase amounts are then lost; the default stops the run).",
+    ),
+]
 UnknownEventsOption = Annotated[
     str,
     typer.Option(
@@ -45,7 +53,10 @@ UnknownEventsOption = Annotated[
 ]
 QuarantineOption = Annotated[
     Path | None,
-    typer.Option(help="Where to write bad rows (default: <events>.quarantine.csv)."),
+    typer.Option(
+        help="Where to write bad rows (default: <events>.quarantine.csv; with --engine spark "
+        "a Parquet dataset, <events>.quarantine.parquet)."
+    ),
 ]
 SparkMasterOption = Annotated[str, typer.Option(help="Spark master URL for --engine spark.")]
 StoreOption = Annotated[
@@ -55,6 +66,17 @@ StoreOption = Annotated[
         "(postgresql+psycopg://user@host/db); see docs/api.md."
     ),
 ]
+
+
+def _allowing(mapping: str | None, allow_missing_amounts: bool) -> Any:
+    """``--mapping`` as given, or loaded and told to allow missing amounts (then an
+    ``EventMapping``, which every loader also takes)."""
+    if not allow_missing_amounts or mapping is None:
+        return mapping
+    from customer_lifecycle.features.mapping import load_mapping
+
+    loaded = load_mapping(mapping)
+    return None if loaded is None else loaded.model_copy(update={"allow_missing_amounts": True})
 
 
 def user_errors(func: F) -> F:
@@ -141,11 +163,17 @@ def _refuse_overwrites(
     )
 
 
-def _quarantine_output(events: Path, quarantine: Path | None) -> dict[str, object]:
+def _quarantine_output(
+    events: Path, quarantine: Path | None, *, engine: str = "memory"
+) -> dict[str, object]:
     from customer_lifecycle.features.events import default_quarantine_path
 
     if quarantine is not None:
         return {"--quarantine": quarantine}
+    if engine == "spark":
+        from customer_lifecycle.features.spark_engine import default_spark_quarantine_path
+
+        return {"the quarantine": default_spark_quarantine_path(events)}
     return {"the quarantine file": default_quarantine_path(events)}
 
 
@@ -184,6 +212,7 @@ def features(
     ],
     out: OutOption,
     mapping: MappingOption = None,
+    allow_missing_amounts: AllowMissingAmountsOption = False,
     unknown_events: UnknownEventsOption = "strict",
     definition: Annotated[
         Path | None, typer.Option(help="Feature definition YAML (default: the shipped one).")
@@ -192,8 +221,7 @@ def features(
     engine: Annotated[
         str,
         typer.Option(
-            help="memory: this machine; spark: a Spark cluster (Parquet in and out, "
-            "see docs/spark.md)."
+            help="memory: this machine; spark: a Spark cluster (Parquet out, see docs/spark.md)."
         ),
     ] = "memory",
     chunk_customers: Annotated[
@@ -216,21 +244,23 @@ def features(
     spec = load_definition(definition)
     _refuse_overwrites(
         {"--events": events, "--mapping": mapping, "--definition": definition},
-        # Spark writes no quarantine file
-        {"--out": out, **(_quarantine_output(events, quarantine) if engine == "memory" else {})},
+        {"--out": out, **_quarantine_output(events, quarantine, engine=engine)},
     )
     if engine == "spark":
-        from customer_lifecycle.features.spark_engine import features_parquet
+        from customer_lifecycle.features.mapping import load_mapping
+        from customer_lifecycle.features.spark_engine import features_spark
 
-        _spark_refuses(mapping=mapping, quarantine=quarantine)
-        n = features_parquet(
+        n, load_summary = features_spark(
             events,
             as_of=cutoff,
             out=out,
             definition=spec,
+            mapping=load_mapping(_allowing(mapping, allow_missing_amounts)),
             master=spark_master,
             unknown_events=unknown_events,
+            quarantine_path=quarantine,
         )
+        typer.echo(str(load_summary), err=True)
         typer.echo(f"wrote {n:,} customers as of {cutoff.isoformat()} to {out} (Spark)")
         return
     if chunk_customers is not None:
@@ -243,7 +273,7 @@ def features(
                 as_of=cutoff,
                 out=out,
                 definition=spec,
-                mapping=mapping,
+                mapping=_allowing(mapping, allow_missing_amounts),
                 unknown_events=unknown_events,
                 quarantine_path=quarantine,
                 chunk_customers=chunk_customers,
@@ -265,7 +295,7 @@ def features(
     table_format(out)  # refuse a bad output name before the long work
     log, load_summary = load_events(
         events,
-        mapping=load_mapping(mapping),
+        mapping=load_mapping(_allowing(mapping, allow_missing_amounts)),
         unknown_events=unknown_events,  # type: ignore[arg-type]
         quarantine_path=quarantine,
     )
@@ -381,6 +411,7 @@ def simulate(
 def check(
     events: EventsOption,
     mapping: MappingOption = None,
+    allow_missing_amounts: AllowMissingAmountsOption = False,
     labels: Annotated[
         Path | None,
         typer.Option(
@@ -422,7 +453,7 @@ def check(
 
     report = check_data(
         events,
-        mapping=mapping,
+        mapping=_allowing(mapping, allow_missing_amounts),
         labels_path=labels,
         as_of=as_of,
         horizon_days=horizon_days,
@@ -472,6 +503,7 @@ def train(
     risk_low: Annotated[float, typer.Option(help="Churn risk is low below this.")] = 0.3,
     risk_high: Annotated[float, typer.Option(help="Churn risk is high from this.")] = 0.6,
     mapping: MappingOption = None,
+    allow_missing_amounts: AllowMissingAmountsOption = False,
     unknown_events: UnknownEventsOption = "strict",
     definition: Annotated[Path | None, typer.Option(help="Feature definition YAML.")] = None,
     taxonomy: Annotated[
@@ -524,7 +556,7 @@ def train(
         definition_path=definition,
         taxonomy_path=taxonomy,
         rulebook_path=rulebook,
-        mapping=mapping,
+        mapping=_allowing(mapping, allow_missing_amounts),
         register=register,
         promote_if_better=promote_if_better,
         experiment=experiment,
@@ -628,12 +660,13 @@ def score(
     as_of: Annotated[str, typer.Option(help="Score as of this time (ISO 8601; naive is UTC).")],
     out: OutOption,
     mapping: MappingOption = None,
+    allow_missing_amounts: AllowMissingAmountsOption = False,
     unknown_events: UnknownEventsOption = "strict",
     engine: Annotated[
         str,
         typer.Option(
             help="memory: stream the log on this machine; spark: a Spark cluster "
-            "(Parquet in and out, see docs/spark.md)."
+            "(Parquet out, see docs/spark.md)."
         ),
     ] = "memory",
     chunk_customers: Annotated[
@@ -656,23 +689,27 @@ def score(
         {"--events": events, "--model": model, "--mapping": mapping},
         {
             "--out": out,
-            # Spark writes no quarantine file; a store given by URL is not a local file
-            **(_quarantine_output(events, quarantine) if engine == "memory" else {}),
+            # a store given by URL is not a local file
+            **_quarantine_output(events, quarantine, engine=engine),
             "--store": store if store is not None and "://" not in store else None,
         },
     )
     if engine == "spark":
+        from customer_lifecycle.features.mapping import load_mapping
         from customer_lifecycle.scoring.spark import score_parquet
 
-        _spark_refuses(mapping=mapping, quarantine=quarantine, store=store)
-        n = score_parquet(
+        _spark_refuses(store=store)
+        n, load_summary = score_parquet(
             events,
             model=model,
             as_of=as_of,
             out=out,
+            mapping=load_mapping(_allowing(mapping, allow_missing_amounts)),
             master=spark_master,
             unknown_events=unknown_events,
+            quarantine_path=quarantine,
         )
+        typer.echo(str(load_summary), err=True)
         typer.echo(f"scored {n:,} customers to {out} (Spark)")
         return
     from customer_lifecycle.scoring.batch import score_file
@@ -685,7 +722,7 @@ def score(
             model=model if stored is None else stored.bundle,
             as_of=as_of,
             out=out,
-            mapping=mapping,
+            mapping=_allowing(mapping, allow_missing_amounts),
             unknown_events=unknown_events,
             progress=report,
             chunk_customers=chunk_customers,

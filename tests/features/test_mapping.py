@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
 from customer_lifecycle.features.events import load_events
-from customer_lifecycle.features.mapping import EventMapping, load_mapping
+from customer_lifecycle.features.mapping import EventMapping, FieldSource, load_mapping
 
 from tests.features.event_files import (
     one_line,
@@ -122,9 +122,73 @@ def test_segment_preset_translates_a_tiny_log(tmp_path):
     ]  # fmt: skip
     path = tmp_path / "segment.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    events, summary = load_events(path, mapping=load_mapping("segment"))
+    # Known users only (the preset, told to read userId alone).
+    known_only = write_mapping(tmp_path, "extends: segment\ncolumns: {customer_id: userId}\n")
+    events, summary = load_events(path, mapping=load_mapping(known_only))
     assert events["event_type"].tolist() == ["product_view", "purchase", "promo_redeemed"]
     assert events["timestamp"].iloc[1] == pd.Timestamp("2024-01-01T08:00:00", tz="UTC")
     assert events["amount"].iloc[1] == 30.0
     # An anonymous visitor has no userId: quarantined, not dropped.
     assert summary.quarantined == {"missing_customer_id": 1}
+    # The preset itself falls back to anonymousId: the visitor is a customer of their own.
+    events, summary = load_events(path, mapping=load_mapping("segment"))
+    assert events["customer_id"].tolist() == ["u1", "u1", "u1", "a1"]
+    assert summary.quarantined == {}
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        # A column.
+        ("user_id", {"column": "user_id", "path": (), "key": None}),
+        # A field of a nested record, two levels down.
+        ("context.campaign.medium", {"column": "context", "path": ("campaign", "medium")}),
+        # A key of a repeated key/value record, short form.
+        ("event_params[value]", {"column": "event_params", "key": "value", "key_field": "key"}),
+        # The long form: key field, key and the value's path in the entry.
+        (
+            "a.params[name=revenue].value.double_value",
+            {"column": "a", "path": ("params",), "key": "revenue", "key_field": "name",
+             "value_path": ("value", "double_value")},
+        ),
+    ],
+)  # fmt: skip
+def test_source_strings_parse(source, expected):
+    parsed = FieldSource.parse(source)
+    assert {k: getattr(parsed, k) for k in expected} == expected
+    assert parsed.text == source
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # An unknown key in a first-of source, with the closest one.
+        ("columns: {customer_id: {frist_of: [a, b]}}\n", "did you mean 'first_of'?"),
+        # first_of must list sources.
+        ("columns: {customer_id: {first_of: a}}\n", "first_of must be a list"),
+        # A malformed key lookup.
+        ("columns: {amount: 'event_params[value'}\n", "is not one of the forms"),
+        # An empty field name in a path.
+        ("columns: {amount: ecommerce..revenue}\n", "has an empty field name"),
+        # extends names a preset that does not exist.
+        ("extends: ga5\n", "'ga5' is not a preset; did you mean 'ga4'?"),
+    ],
+)
+def test_source_typos_are_refused_in_one_line(tmp_path, text, expected):
+    path = write_mapping(tmp_path, text)
+    with pytest.raises(ValueError) as exc:
+        load_mapping(path)
+    assert expected in one_line(exc) and str(path) in one_line(exc)
+
+
+def test_extends_overrides_a_preset_column_by_column(tmp_path):
+    path = write_mapping(
+        tmp_path, "extends: ga4\ncolumns: {customer_id: user_pseudo_id}\nevent_types: {x: login}\n"
+    )
+    mapping = load_mapping(path)
+    ga4 = load_mapping("ga4")
+    assert mapping is not None and ga4 is not None
+    assert mapping.source_column("customer_id") == "user_pseudo_id"
+    assert mapping.columns["amount"] == ga4.columns["amount"]
+    assert mapping.event_types == {**ga4.event_types, "x": "login"}
+    assert mapping.timestamp_unit == "us"

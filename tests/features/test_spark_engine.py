@@ -210,17 +210,12 @@ def test_spark_scores_equal_in_memory_scores(
     assert result.exit_code == 2 and "Parquet only" in result.output
 
 
-@pytest.mark.parametrize(
-    "option",
-    [
-        ["--mapping", "ga4"],  # mappings are applied by the single-machine loader only
-        ["--quarantine", "bad.csv"],  # Spark drops bad rows, it writes no quarantine file
-    ],
-)
-def test_spark_engine_refuses_what_it_cannot_do(
-    simulated: Path, tmp_path: Path, option: list[str]
-) -> None:
-    args = ["features", "--events", str(simulated), "--as-of", AS_OF, "--engine", "spark"]
-    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "f.parquet"), *option])
+def test_spark_engine_refuses_what_it_cannot_do(simulated: Path, tmp_path: Path) -> None:
+    # a score store is written by the single-machine path only
+    args = ["score", "--events", str(simulated), "--model", "m", "--as-of", AS_OF]
+    result = CliRunner().invoke(
+        app,
+        [*args, "--engine", "spark", "--out", str(tmp_path / "s.parquet"), "--store", "s.db"],
+    )
     assert result.exit_code == 2
     assert "not supported with --engine spark" in result.output

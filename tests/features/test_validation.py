@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
-from customer_lifecycle.features.contract import is_canonical_frame
+from customer_lifecycle.features.contract import (
+    TIMESTAMP_PATTERN,
+    is_canonical_frame,
+    is_timestamp_text,
+)
 from customer_lifecycle.features.events import load_events
 from customer_lifecycle.features.mapping import EventMapping
 from customer_lifecycle.features.validation import QUARANTINE_REASONS, validate_events
@@ -156,6 +163,90 @@ def test_native_datetimes_in_a_frame_are_accepted():
     frame = pd.DataFrame({"customer_id": ["a"], "timestamp": times, "event_type": ["login"]})
     events, _, _ = validate_events(frame)
     assert events["timestamp"].iloc[0] == pd.Timestamp("2024-01-01T09:00:00", tz="UTC")
+
+
+# Beside the text under test: one time alone takes Arrow's parser; beside a zoned and a
+# naive time the column is mixed and takes the contract's parser (pandas).
+PARSERS = {
+    "arrow": [],
+    "pandas": ["2024-01-01T00:00:00Z", "2024-01-01T00:00:00"],
+}
+
+
+def _read_time(text: str, parser: str) -> pd.Timestamp | None:
+    """The instant the loader reads from ``text``, or None if the row is quarantined."""
+    times = [text, *PARSERS[parser]]
+    frame = pd.DataFrame({"customer_id": "a", "timestamp": times, "event_type": "login"})
+    events, quarantine, summary = validate_events(frame)
+    assert len(events) + len(quarantine) == len(times)
+    if len(quarantine) and quarantine["row_number"].iloc[0] == 1:
+        assert summary.quarantined == {"unparseable_timestamp": 1}
+        return None
+    return events["timestamp"].iloc[0]
+
+
+@pytest.mark.parametrize("parser", list(PARSERS))
+@pytest.mark.parametrize(
+    "text",
+    [
+        "now",  # pandas reads it as the time of reading
+        "today",  # midnight of the day of reading
+        "2024/06/01",  # slashes are not ISO 8601's date separator
+        "20240601",  # basic (compact) form
+        "2024",  # a year alone
+        "2024-06",  # a month alone
+        "2024-06-01T10",  # an hour alone
+        "2024-06-01T10:00+02",  # an offset in hours alone
+        "2024-06-01T10:00:00+19:00",  # an offset beyond 18 hours (java.time, Spark)
+        "2024-06-01T10:00:00 UTC",  # a zone name
+        " 2024-06-01",  # a leading space
+        "2024-06-01 ",  # a trailing space
+        "2024-06-01\n",  # a trailing line break
+        "2024-06-01T10:00:00.1234567891Z",  # ten fraction digits: below a nanosecond
+        "1677-12-31",  # before 1678: an offset could leave the nanosecond range
+        "2262-01-01",  # after 2261: likewise
+        "2023-02-29",  # no such day (2023 is not a leap year)
+        "2024-6-1",  # month and day need two digits
+        "2024-06-01T10:00:00z",  # lower-case zone
+        "1704096000",  # epoch seconds: only with a mapping's timestamp_unit
+        "\u0662\u0660\u0662\u0664-06-01",  # Arabic-Indic digits are digits to Python's re
+    ],
+)
+def test_time_texts_that_are_not_iso_8601_are_quarantined(text, parser):
+    assert _read_time(text, parser) is None
+
+
+@pytest.mark.parametrize("parser", list(PARSERS))
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-06-01", "2024-06-01T00:00:00"),  # a date: midnight UTC
+        ("2024-02-29", "2024-02-29T00:00:00"),  # a leap day
+        ("2024-06-01T10:00", "2024-06-01T10:00:00"),  # hours and minutes, naive: UTC
+        ("2024-06-01 10:00:30", "2024-06-01T10:00:30"),  # a space instead of T
+        ("2024-06-01T10:00:30.5", "2024-06-01T10:00:30.5"),  # a fraction
+        ("2024-06-01T10:00:30.123456789", "2024-06-01T10:00:30.123456789"),  # nanoseconds
+        ("2024-06-01T10:00Z", "2024-06-01T10:00:00"),  # Z without seconds
+        ("2024-06-01T10:00:30+02:00", "2024-06-01T08:00:30"),  # +hh:mm
+        ("2024-06-01T10:00:30-0230", "2024-06-01T12:30:30"),  # -hhmm
+        ("1678-01-01T00:00+18:00", "1677-12-31T06:00:00"),  # the earliest, largest offset
+        ("2261-12-31T23:59:59.999999999-18:00", "2262-01-01T17:59:59.999999999"),  # latest
+    ],
+)
+def test_iso_8601_time_texts_are_read_as_utc(text, expected, parser):
+    assert _read_time(text, parser) == pd.Timestamp(expected, tz="UTC")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.from_regex(TIMESTAMP_PATTERN, fullmatch=True)
+    | st.text(alphabet="0123456789-:T Zz+.\n", max_size=30)
+    | st.text(max_size=30)
+)
+def test_the_time_pattern_means_the_same_to_arrow_and_to_python(text):
+    # The loader matches with RE2 (pyarrow), the API with Python's re: one pattern.
+    python = re.fullmatch(TIMESTAMP_PATTERN, text) is not None
+    assert is_timestamp_text(pa.array([text]))[0] == python
 
 
 CELLS: dict[str, list[str | None]] = {

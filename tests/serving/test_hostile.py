@@ -1,8 +1,8 @@
 """What a hostile or careless HTTP client can send, against real servers and sockets.
 
 Bodies that trickle or stop, overload with ``Connection: close``, many large bodies at
-once (memory), non-finite numbers, long values echoed back, and time texts the file
-loader would not read.
+once (memory), non-finite numbers, amounts beyond the loader's bound, long values echoed
+back, and time texts the file loader would not read.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-from customer_lifecycle.features.validation import validate_events
+from customer_lifecycle.features.contract import TIMESTAMP_PATTERN
+from customer_lifecycle.features.validation import MAX_AMOUNT, validate_events
 from customer_lifecycle.serving.app import create_app
 from customer_lifecycle.serving.playbook import load_playbook
 from customer_lifecycle.serving.predict import ServedModel
 from customer_lifecycle.serving.registry import ModelRef, load_served_model
-from customer_lifecycle.serving.schemas import _TIME_PATTERN, Event
+from customer_lifecycle.serving.schemas import Event
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -278,6 +279,31 @@ def test_non_finite_numbers_are_a_422_at_the_field_never_a_500(
     assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
 
 
+@pytest.mark.parametrize(
+    ("event_type", "amount", "status"),
+    [
+        ("purchase", MAX_AMOUNT * 2, 422),  # a purchase twice the bound
+        ("refund", -MAX_AMOUNT * 2, 422),  # a refund as large, written negative
+        ("purchase", 10**16, 422),  # a JSON integer beyond the bound
+        ("purchase", MAX_AMOUNT, 200),  # the largest accepted magnitude
+        ("refund", -MAX_AMOUNT, 200),  # the same, negative
+    ],
+)
+def test_amounts_the_loader_puts_out_of_range_are_a_422(
+    live_url: str, event_type: str, amount: float, status: int
+) -> None:
+    row = {"customer_id": "c", "timestamp": "2024-06-01", "event_type": event_type}
+    _, _, summary = validate_events(pd.DataFrame([{**row, "amount": str(amount)}]))
+    assert summary.quarantined == ({"amount_out_of_range": 1} if status == 422 else {})
+    body = one_event_body(event_type=event_type, amount=amount)
+    r = httpx.post(live_url + SCORES, json=body, headers=AUTH, timeout=30)
+    assert r.status_code == status, r.text
+    if status == 422:
+        (error,) = r.json()["detail"]
+        assert error["loc"] == ["body", "customers", 0, "events", 0, "amount"]
+        assert "amount_out_of_range" in error["msg"]
+
+
 def test_a_422_echoes_a_bounded_part_of_long_values(live_url: str) -> None:
     huge = "x" * 1_000_000
     body = json.dumps(one_event_body(event_type=huge, timestamp=huge))
@@ -295,11 +321,20 @@ def test_a_422_echoes_a_bounded_part_of_long_values(live_url: str) -> None:
 # -- time texts: the API accepts exactly what an event file accepts -----------------------
 
 
-def _loader_time(text: str) -> pd.Timestamp | None:
-    """The instant the file loader reads from ``text``, or None if it quarantines the row."""
-    row = {"customer_id": "c", "timestamp": text, "event_type": "page_view", "amount": ""}
-    kept, quarantine, _ = validate_events(pd.DataFrame([row]))
-    return None if len(quarantine) else kept["timestamp"].iloc[0]
+def _loader_time(text: str, *beside: str) -> pd.Timestamp | None:
+    """The instant the file loader reads from ``text``, or None if it quarantines the row.
+
+    ``beside``: other times of the same column (a zoned one beside a naive one makes the
+    loader parse with the contract's parser instead of Arrow's).
+    """
+    rows = [
+        {"customer_id": "c", "timestamp": t, "event_type": "page_view", "amount": ""}
+        for t in (text, *beside)
+    ]
+    kept, quarantine, _ = validate_events(pd.DataFrame(rows))
+    if len(quarantine) and quarantine["row_number"].iloc[0] == 1:
+        return None
+    return kept["timestamp"].iloc[0]
 
 
 def _api_time(text: str) -> datetime | None:
@@ -335,13 +370,54 @@ def test_times_the_loader_quarantines_are_a_422(live_url: str, text: str) -> Non
     assert "unparseable_timestamp" in error["msg"]
 
 
+# Texts that pandas or Arrow read as times but the event contract does not.
+NOT_TIMES = [
+    "now",
+    "today",
+    "2024/06/01",
+    "20240601",
+    "2024",
+    "2024-06",
+    "2024-06-01T10Z",
+    "2024-06-01T10:00+02",
+    " 2024-06-01",
+    "2024-06-01T10:00:00.1234567891Z",
+    "1677-12-31",
+    "2262-01-01",
+    "2024-06-01T10:00:00+19:00",
+]
+
+
+@st.composite
+def near_times(draw: st.DrawFn) -> str:
+    """A time text of the contract with one character deleted, inserted or replaced:
+    some still are times, most are near misses."""
+    text = draw(st.from_regex(TIMESTAMP_PATTERN, fullmatch=True))
+    at = draw(st.integers(0, len(text)))
+    char = draw(st.sampled_from("0123456789-:/ TtZz+.,\n"))
+    edit = draw(st.sampled_from(["delete", "insert", "replace"]))
+    if edit == "delete":
+        return text[:at] + text[at + 1 :]
+    if edit == "insert":
+        return text[:at] + char + text[at:]
+    return text[:at] + char + text[at + 1 :]
+
+
 @hsettings(max_examples=300, deadline=None)
-@given(text=st.from_regex(_TIME_PATTERN, fullmatch=True) | st.text(max_size=40))
-def test_every_time_the_api_accepts_the_loader_reads_as_the_same_instant(text: str) -> None:
+@given(
+    text=st.from_regex(TIMESTAMP_PATTERN, fullmatch=True)
+    | near_times()
+    | st.sampled_from(NOT_TIMES)
+    | st.text(max_size=40)
+)
+def test_the_api_accepts_exactly_the_times_the_loader_reads_as_the_same_instant(
+    text: str,
+) -> None:
     accepted = _api_time(text)
-    if accepted is None:
-        return
-    loaded = _loader_time(text)
-    assert loaded is not None, text
-    # The API keeps microseconds (what the features use); the loader nanoseconds.
-    assert abs(loaded.to_pydatetime(warn=False).astimezone(UTC) - accepted).total_seconds() < 1e-6
+    # alone (Arrow's parser) and in a column mixing zoned and naive times (pandas')
+    for loaded in (_loader_time(text), _loader_time(text, "2024-01-01T00:00Z", "2024-01-01")):
+        assert (loaded is None) == (accepted is None), text
+        if loaded is not None and accepted is not None:
+            # The API keeps microseconds (what the features use); the loader nanoseconds.
+            gap = loaded.to_pydatetime(warn=False).astimezone(UTC) - accepted
+            assert abs(gap.total_seconds()) < 1e-6, text

@@ -39,6 +39,7 @@ from customer_lifecycle.features.contract import (
     CUSTOMER_ID,
     EVENT_TYPE,
     TIMESTAMP,
+    TIMESTAMP_PATTERN,
     parse_as_of,
 )
 from customer_lifecycle.features.definition import ALL, DAY_NS, FeatureDefinition, load_definition
@@ -581,7 +582,7 @@ def _times(df: DataFrame, col: Column, unit: str | None) -> Column:
     if unit is None:
         if isinstance(kind, T.LongType | T.IntegerType):
             return col.cast("long")  # nanosecond Parquet columns read as integers
-        return F.unix_micros(F.try_to_timestamp(_as_text(df, col))) * F.lit(1000)
+        return _text_nanos(_as_text(df, col))
     scale = TIMESTAMP_UNITS[unit]
     limit = (2**63 - 1) // scale
     if isinstance(kind, T.IntegralType):
@@ -949,7 +950,59 @@ def _nanos(df: DataFrame, name: str) -> Column:
         return F.unix_micros(col.cast("timestamp")) * F.lit(1000)
     if isinstance(kind, T.DateType):
         return F.unix_micros(col.cast("timestamp")) * F.lit(1000)
-    return F.unix_micros(F.try_to_timestamp(col.cast("string"))) * F.lit(1000)
+    return _text_nanos(col.cast("string"))
+
+
+def _text_nanos(text: Column) -> Column:
+    """Time texts as UTC nanoseconds since the epoch, null unless a time of the contract.
+
+    The in-memory loader's reading (features.validation): only texts of
+    TIMESTAMP_PATTERN are times, to the nanosecond.
+
+    Spark's own parser reads more than the contract ("2024", zone names, any year, blanks)
+    and keeps microseconds only, so the text is checked against the contract's pattern
+    first, then rewritten to one form, ``yyyy-MM-dd HH:mm:ss`` and an offset (``Z`` when
+    it has none: naive times are UTC whatever the session's zone), parsed to whole
+    seconds, and the fraction (up to nine digits) is added as an integer.
+    """
+    from pyspark.sql import functions as F
+
+    time = F.when(text.rlike(_java_pattern(TIMESTAMP_PATTERN)), text)
+    # the text matched the pattern, so these only pick it apart: date, hh:mm, :ss,
+    # fraction, offset (whose sign cannot be confused with the date's dashes: it follows
+    # a clock, and the date alone has no offset)
+    date = F.substring(time, 1, 10)
+    clock = F.regexp_extract(time, r"^.{11}([0-9:]{5,8})", 1)  # hh:mm or hh:mm:ss
+    fraction = F.regexp_extract(time, r"\.([0-9]{1,9})", 1)
+    offset = F.regexp_replace(
+        F.regexp_extract(time, r"(Z|[+-][0-9]{2}:?[0-9]{2})\z", 1),
+        r"^([+-][0-9]{2})([0-9]{2})\z",
+        "$1:$2",
+    )
+    whole = F.concat(
+        date,
+        F.lit(" "),
+        F.when(clock == "", F.lit("00:00:00")).otherwise(
+            F.regexp_replace(clock, r"^([0-9]{2}:[0-9]{2})\z", "$1:00")
+        ),
+        F.when(offset == "", F.lit("Z")).otherwise(offset),
+    )
+    seconds = F.unix_seconds(F.try_to_timestamp(whole, F.lit("yyyy-MM-dd HH:mm:ssXXX")))
+    nanos = F.rpad(fraction, 9, "0").cast("long")
+    # the pattern's years keep every instant inside int64 nanoseconds; try_ arithmetic
+    # makes sure a text that slipped through is null (quarantined), not a failed job
+    return F.try_add(F.try_multiply(seconds, F.lit(1_000_000_000)), nanos)
+
+
+def _java_pattern(pattern: str) -> str:
+    """A full-text pattern (``^...$``) for Java's ``rlike``.
+
+    Java's ``$``, like Python's, also matches before a final line break; ``\\z`` is the
+    end of the text only.
+    """
+    if not (pattern.startswith("^") and pattern.endswith("$")):
+        raise ValueError(f"not a full-text pattern: {pattern!r}")
+    return pattern[:-1] + r"\z"
 
 
 def _number(name: str) -> Column:

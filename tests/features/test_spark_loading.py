@@ -271,3 +271,123 @@ def test_cli_writes_the_quarantine_beside_the_events_and_counts_it(
     assert result.exit_code == 2 and "refusing to write --quarantine" in result.output
     result = CliRunner().invoke(app, [*again, "--quarantine", str(tmp_path / "bad.csv")])
     assert result.exit_code == 2 and "Parquet only" in result.output
+
+
+# time texts: None where the contract refuses the text (quarantined as
+# unparseable_timestamp), else the instant it names, in UTC to the nanosecond
+TIME_TEXTS: list[tuple[str, str | None]] = [
+    ("2024-06-01", "2024-06-01T00:00:00"),  # a date alone is midnight UTC
+    ("2024-06-01T10:00", "2024-06-01T10:00:00"),  # hh:mm, naive
+    ("2024-06-01 10:00", "2024-06-01T10:00:00"),  # a space for the "T"
+    ("2024-06-01T10:00Z", "2024-06-01T10:00:00"),  # hh:mm then Z (Spark refused it)
+    ("2024-06-01T10:00+02:00", "2024-06-01T08:00:00"),  # hh:mm then an offset
+    ("2024-06-01T10:00-0530", "2024-06-01T15:30:00"),  # hh:mm then a basic offset
+    ("2024-06-01T10:00:05", "2024-06-01T10:00:05"),  # seconds, naive
+    ("2024-06-01T10:00:05Z", "2024-06-01T10:00:05"),  # seconds and Z
+    ("2024-06-01 10:00:05+02:00", "2024-06-01T08:00:05"),  # seconds and an offset
+    ("2024-06-01T10:00:05+0200", "2024-06-01T08:00:05"),  # seconds and a basic offset
+    ("2024-06-01T10:00:05.1Z", "2024-06-01T10:00:05.1"),  # 1 fraction digit
+    ("2024-06-01T10:00:05.12", "2024-06-01T10:00:05.12"),  # 2 digits
+    ("2024-06-01T10:00:05.123+01:00", "2024-06-01T09:00:05.123"),  # 3 digits
+    ("2024-06-01T10:00:05.1234Z", "2024-06-01T10:00:05.1234"),  # 4 digits
+    ("2024-06-01T10:00:05.12345Z", "2024-06-01T10:00:05.12345"),  # 5 digits
+    ("2024-06-01T10:00:05.123456Z", "2024-06-01T10:00:05.123456"),  # 6: Spark's precision
+    ("2024-06-01T10:00:05.1234567Z", "2024-06-01T10:00:05.1234567"),  # 7: beyond microseconds
+    ("2024-06-01T10:00:05.12345678", "2024-06-01T10:00:05.12345678"),  # 8, naive
+    ("2024-06-01T10:00:05.123456789-0100", "2024-06-01T11:00:05.123456789"),  # 9 digits
+    ("1969-12-31T23:59:59.999999999Z", "1969-12-31T23:59:59.999999999"),  # before 1970
+    ("2024-02-29", "2024-02-29T00:00:00"),  # a leap day
+    ("1678-01-01T00:00:00+18:00", "1677-12-31T06:00:00"),  # first year, largest offset
+    ("2261-12-31T23:59:59.999999999-18:00", "2262-01-01T17:59:59.999999999"),  # last year
+    ("2024", None),  # a year alone
+    ("2024-06", None),  # a month alone
+    ("2024-6-1", None),  # unpadded month and day
+    (" 2024-06-01", None),  # a blank before
+    ("2024-06-01T10:00:00Z ", None),  # a blank after
+    ("2024-06-01T10:00:00Z\n", None),  # a final line break (Java's "$" would allow it)
+    ("2024-06-01\n", None),  # a date and a final line break
+    ("2024-06-01T10:00:00 UTC", None),  # a zone name
+    ("2024-06-01T10:00:00CET", None),  # a zone abbreviation
+    ("2024-06-01T10:00:00 Europe/Paris", None),  # a region zone
+    ("2024-06-01T10:00:00GMT+2", None),  # a GMT zone
+    ("2024-06-01T10:00:00+02", None),  # an offset of hours alone
+    ("2024-06-01T10:00:00+18:30", None),  # an offset beyond 18 hours
+    ("2024-06-01T10:00:00.1234567890Z", None),  # ten fraction digits
+    ("2023-02-29", None),  # no leap day in 2023
+    ("1677-12-31", None),  # before the first year
+    ("2262-01-01", None),  # after the last year
+    ("9999-01-01", None),  # far-off year (Spark's "* 1000" overflowed: the job failed)
+    ("+12024-01-01", None),  # a signed five-digit year (overflowed too)
+    ("2024-06-01t10:00:00z", None),  # lower-case "t" and "z"
+    ("now", None),  # depends on when the file is read
+]
+
+
+def _expected_nanos(instant: str | None) -> int | None:
+    return None if instant is None else pd.Timestamp(instant, tz="UTC").value
+
+
+@pytest.fixture(scope="module")
+def times_on_spark(spark: object) -> tuple[dict[str, int | None], dict[str, int | None]]:  # noqa: F811
+    """Each text of TIME_TEXTS read by Spark in one job: the clean nanoseconds (None when
+    quarantined), and the build path's reading of the same texts (``_nanos``)."""
+    from customer_lifecycle.features.spark_engine import _nanos, clean_events_spark
+
+    rows = pd.DataFrame(
+        {
+            "customer_id": [f"r{i}" for i in range(len(TIME_TEXTS))],
+            "timestamp": [text for text, _ in TIME_TEXTS],
+            "event_type": "login",
+        }
+    )
+    conf = spark.conf  # type: ignore[attr-defined]
+    before = conf.get("spark.sql.ansi.enabled")
+    conf.set("spark.sql.ansi.enabled", "true")  # an overflow fails the job, not the row
+    try:
+        df = spark.createDataFrame(rows)  # type: ignore[attr-defined]
+        clean, bad = clean_events_spark(df)
+        kept = {r.customer_id: int(r.timestamp) for r in clean.collect()}
+        reasons = {r.customer_id: r.reason for r in bad.collect()}
+        built = {
+            r.customer_id: r.t
+            for r in df.select("customer_id", _nanos(df, "timestamp").alias("t")).collect()
+        }
+    finally:
+        conf.set("spark.sql.ansi.enabled", before)
+    assert set(reasons.values()) <= {"unparseable_timestamp"}
+    assert len(kept) + len(reasons) == len(TIME_TEXTS)
+    return {cid: kept.get(cid) for cid in rows["customer_id"]}, built
+
+
+@pytest.mark.parametrize(("index", "case"), list(enumerate(TIME_TEXTS)), ids=repr)
+def test_time_texts_are_read_as_the_in_memory_loader_reads_them(
+    times_on_spark: tuple[dict[str, int | None], dict[str, int | None]],
+    index: int,
+    case: tuple[str, str | None],
+) -> None:
+    # the case's comment in TIME_TEXTS says what it covers
+    from customer_lifecycle.features.validation import validate_events
+
+    text, instant = case
+    expected = _expected_nanos(instant)
+    clean_on_spark, built_on_spark = times_on_spark
+    # in memory, alone (Arrow's parser) and within the whole column, which mixes times
+    # with and without offsets (the contract's parser)
+    column = pd.DataFrame(
+        {
+            "customer_id": [f"r{i}" for i in range(len(TIME_TEXTS))],
+            "timestamp": [t for t, _ in TIME_TEXTS],
+            "event_type": "login",
+        }
+    )
+    for frame, cid in ((column.iloc[[index]], f"r{index}"), (column, f"r{index}")):
+        events, quarantine, _ = validate_events(frame.reset_index(drop=True))
+        row = events[events["customer_id"] == cid]
+        got = int(row["timestamp"].iloc[0].value) if len(row) else None
+        assert got == expected, frame
+        if expected is None:
+            assert quarantine.loc[quarantine["customer_id"] == cid, "reason"].tolist() == [
+                "unparseable_timestamp"
+            ]
+    assert clean_on_spark[f"r{index}"] == expected, text
+    assert built_on_spark[f"r{index}"] == expected, text

@@ -2,7 +2,8 @@
 and transitions (docs/api.md, docs/cli.md).
 
 :mod:`.schema` holds the tables, the connection and the migrations; :mod:`.writer`
-writes a run; :mod:`.queries` reads; :mod:`.export` writes a segment to a file.
+writes a run; :mod:`.queries` reads; :mod:`.export` writes a segment to a file;
+:mod:`.maintenance` vacuums the store while it serves.
 """
 
 from customer_lifecycle.scoring.store.schema import SCHEMA_VERSION, open_store

@@ -37,6 +37,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+#: How long a SQLite connection waits for a lock (a writer queued behind another).
+BUSY_TIMEOUT_MS = 30_000
+
 #: The schema version this code writes and reads; older stores are migrated to it.
 SCHEMA_VERSION = 2
 
@@ -147,7 +150,7 @@ def create_store_engine(url: str | Path, *, pool_size: int = 5) -> Engine:
                 parsed,
                 pool_size=pool_size,
                 max_overflow=2 * pool_size,
-                connect_args={"check_same_thread": False, "timeout": 30},
+                connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
             )
             _sqlite_events(engine)
         else:
@@ -183,7 +186,7 @@ def _sqlite_events(engine: Engine) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA mmap_size=268435456")
         cursor.close()
 
@@ -290,24 +293,25 @@ def open_store(url: str | Path, *, pool_size: int = 5) -> Engine:
         raise ValueError(f"score store {display_url(url)}: {exc}") from None
     except SQLAlchemyError as exc:
         engine.dispose()
-        raise ValueError(
-            f"cannot open score store {display_url(url)}: {_first_line(exc)}"
-        ) from None
+        raise ValueError(f"cannot open score store {display_url(url)}: {first_line(exc)}") from None
     return engine
 
 
-def _first_line(exc: SQLAlchemyError) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of a database error (the driver's message when it has one)."""
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 __all__ = [
+    "BUSY_TIMEOUT_MS",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "create_store_engine",
     "display_url",
     "ensure_schema",
+    "first_line",
     "open_store",
     "read_version",
     "runs",

@@ -859,6 +859,32 @@ def export(
     typer.echo(f"exported {n:,} customers of run {run.run_id} (as of {run.as_of}) to {out}")
 
 
+@app.command()
+@user_errors
+def vacuum(
+    store: Annotated[str, typer.Option(help="Score store: SQLite file or SQLAlchemy URL.")],
+) -> None:
+    """Compact the score store and refresh its statistics; lookups keep answering."""
+    from customer_lifecycle.scoring.store import open_store
+    from customer_lifecycle.scoring.store.maintenance import vacuum as vacuum_store
+    from customer_lifecycle.scoring.store.schema import display_url, sqlite_path
+
+    path = sqlite_path(store)
+    if path is not None and not path.is_file():
+        raise ValueError(f"no score store at {path}")  # not an empty store made to vacuum it
+    engine = open_store(store)
+    try:
+        done = vacuum_store(engine)
+    finally:
+        engine.dispose()
+    line = f"vacuumed score store {display_url(store)} in {done.seconds:.1f} s"
+    if done.size_before is not None and done.size_after is not None:
+        line += f": {done.size_before / 1e6:,.1f} MB -> {done.size_after / 1e6:,.1f} MB"
+        if not done.log_truncated:
+            line += " (a reader kept the write-ahead log; the next write reuses it)"
+    typer.echo(line)
+
+
 def main() -> None:  # pragma: no cover - console entry convenience
     app()
 

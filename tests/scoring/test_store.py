@@ -2,13 +2,16 @@
 
 Runs are written from scores files as ``lifecycle score`` writes them, then read back:
 latest and history, ranks, change times, segments with their cursor, transitions,
-atomic visibility, schema versions, export, and ``score --store`` end to end.
+atomic visibility, schema versions, export, ``score --store`` end to end, and lookups
+that keep answering while the store is vacuumed or migrated (``lifecycle vacuum``).
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from customer_lifecycle.scoring.bundle import ModelBundle
 from customer_lifecycle.scoring.store import SCHEMA_VERSION, open_store, write_run
 from customer_lifecycle.scoring.store import queries as q
 from customer_lifecycle.scoring.store.export import export_segment
+from customer_lifecycle.scoring.store.maintenance import vacuum
 from customer_lifecycle.scoring.store.schema import (
     create_store_engine,
     ensure_schema,
@@ -424,3 +428,192 @@ def test_score_store_and_export_commands(
     assert len(pd.read_parquet(exported)) == int((written["churn_risk"] == "high").sum())
     result = runner.invoke(app, ["export", "--store", str(store), "--out", str(store)])
     assert result.exit_code == 2 and "own file" in result.output
+
+
+# -- lookups while the store is vacuumed or migrated ------------------------------------------
+
+
+class Reader(threading.Thread):
+    """Looks customers up as the API does (``queries.latest``, one connection a request)
+    on an engine of its own, as a server process would, until stopped; keeps the time
+    span of every lookup and whatever went wrong."""
+
+    def __init__(self, url: str, expected: dict[str, float]) -> None:
+        super().__init__(daemon=True)
+        self.engine = create_store_engine(url)
+        self.expected = expected
+        self.spans: list[tuple[float, float]] = []
+        self.problems: list[object] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        ids = itertools.cycle(sorted(self.expected))
+        try:
+            while not self.stop.is_set():
+                cid = next(ids)
+                start = time.perf_counter()
+                with self.engine.connect() as conn:
+                    got = q.latest(conn, cid).churn_probability
+                self.spans.append((start, time.perf_counter()))
+                if got != self.expected[cid]:
+                    self.problems.append((cid, got, self.expected[cid]))
+        except BaseException as exc:  # reported by the test
+            self.problems.append(exc)
+        finally:
+            self.engine.dispose()
+
+    def lookups_within(self, start: float, end: float) -> int:
+        return sum(1 for a, b in self.spans if start <= a and b <= end)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(timeout=60)
+        assert not self.is_alive()
+        assert not self.problems, self.problems[:3]
+
+
+def _many(n: int, p0: float) -> list[tuple[str, str, float]]:
+    return [(f"c{i:05d}", STAGES[i % 3], round(p0 + 0.5 * i / n, 6)) for i in range(n)]
+
+
+def _everything(engine: sa.Engine) -> list[q.StoredScore]:
+    with engine.connect() as conn:
+        return q.segment(conn, q.SegmentFilter(), limit=q.MAX_PAGE).items + [
+            s for c in ("c00000", "c09999") for s in q.history(conn, c)
+        ]
+
+
+def test_lookups_keep_answering_during_a_vacuum(url: str, tmp_path: Path) -> None:
+    eng = open_store(url)
+    for month, p0 in (("10-31", 0.0), ("11-30", 0.1), ("12-31", 0.2)):
+        # keep_runs=1: the two older runs are removed and leave free space behind
+        _write(eng, tmp_path, _many(10_000, p0), f"2024-{month}", keep_runs=1)
+    expected = {cid: p for cid, _, p in _many(10_000, 0.2)}
+    before = _everything(eng)
+    path = sqlite_path(url)
+    if path is not None:
+        with eng.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() > 0
+    reader = Reader(url, expected)
+    reader.start()
+    while not reader.spans and reader.is_alive():
+        time.sleep(0.001)
+    # Vacuum until a lookup began and ended within one vacuum (a few tries on a busy
+    # machine): the reader was answered while the vacuum ran, not after it.
+    results, overlapped = [], 0
+    for _ in range(20):
+        start = time.perf_counter()
+        results.append(vacuum(eng))
+        overlapped = reader.lookups_within(start, time.perf_counter())
+        if overlapped:
+            break
+    reader.finish()
+    assert overlapped > 0 and len(reader.spans) > 10
+    assert _everything(eng) == before  # vacuuming changes no answer
+    first = results[0]
+    if path is not None:
+        assert first.size_before is not None and first.size_after is not None
+        assert first.size_after <= first.size_before
+        assert first.size_after == path.stat().st_size + (
+            Path(f"{path}-wal").stat().st_size if Path(f"{path}-wal").exists() else 0
+        )
+        with eng.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() == 0  # compacted
+    else:
+        assert first.size_before is first.size_after is first.log_truncated is None
+        with eng.connect() as conn:
+            done = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_user_tables WHERE relname = 'customer_scores' "
+                "AND last_vacuum IS NOT NULL AND last_analyze IS NOT NULL"
+            ).scalar()
+        assert done == 1
+    eng.dispose()
+
+
+def test_lookups_keep_answering_during_a_migration(url: str, tmp_path: Path) -> None:
+    eng = create_store_engine(url)
+    ensure_schema(eng, target=1)  # a store as version 1 wrote it
+    _write(eng, tmp_path, _many(10_000, 0.3), "2024-11-30")
+    expected = {cid: p for cid, _, p in _many(10_000, 0.3)}
+    reader = Reader(url, expected)
+    reader.start()
+    while not reader.spans and reader.is_alive():
+        time.sleep(0.001)
+    overlapped = 0
+    for _ in range(20):  # as above: until a lookup fell within a migration
+        start = time.perf_counter()
+        assert ensure_schema(eng) == 1
+        overlapped = reader.lookups_within(start, time.perf_counter())
+        if overlapped:
+            break
+        with writing(eng) as conn:  # back to version 1, to migrate again
+            conn.exec_driver_sql("DROP INDEX ix_customer_scores_segment")
+            conn.execute(store_meta.update().values(value="1"))
+    reader.finish()
+    assert overlapped > 0
+    with eng.connect() as conn:
+        assert conn.execute(sa.select(store_meta.c.value)).scalar() == str(SCHEMA_VERSION)
+        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("customer_scores")}
+        assert "ix_customer_scores_segment" in indexes
+    eng.dispose()
+
+
+def test_vacuum_command(tmp_path: Path) -> None:
+    store = tmp_path / "scores.db"
+    eng = open_store(store)
+    for month in ("10-31", "11-30"):
+        _write(eng, tmp_path, _many(2_000, 0.1), f"2024-{month}", keep_runs=1)
+    eng.dispose()
+    runner = CliRunner()
+    result = runner.invoke(app, ["vacuum", "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"vacuumed score store sqlite:///{store}")
+    before, after = re.search(r"([\d.,]+) MB -> ([\d.,]+) MB", result.output).groups()  # type: ignore[union-attr]
+    assert float(after) < float(before)
+    assert len(result.output.strip().splitlines()) == 1
+    eng = open_store(store)
+    with eng.connect() as conn:
+        assert q.latest(conn, "c01999").churn_probability == _many(2_000, 0.1)[-1][2]
+    eng.dispose()
+    # errors are one line and exit 2; no empty store is created to be vacuumed
+    missing = tmp_path / "nothing.db"
+    result = runner.invoke(app, ["vacuum", "--store", str(missing)])
+    assert result.exit_code == 2 and "no score store at" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not missing.exists()
+    result = runner.invoke(app, ["vacuum", "--store", "postgresql://nobody:secret@127.0.0.1:1/x"])
+    assert result.exit_code == 2 and "cannot open score store" in result.output
+    assert "secret" not in result.output
+    empty = create_store_engine(tmp_path / "empty.db")  # a database, but no store in it
+    with pytest.raises(ValueError, match="holds no score store"):
+        vacuum(empty)
+    empty.dispose()
+
+
+def test_a_vacuum_beside_a_long_reader_keeps_the_log(tmp_path: Path) -> None:
+    store = tmp_path / "scores.db"
+    eng = open_store(store)
+    for month in ("10-31", "11-30"):
+        _write(eng, tmp_path, _many(2_000, 0.1), f"2024-{month}", keep_runs=1)
+    with eng.connect() as held, held.begin():  # an export walking pages holds its snapshot
+        page = q.segment(held, q.SegmentFilter(), limit=10)
+        start = time.perf_counter()
+        done = vacuum(eng)
+        waited = time.perf_counter() - start
+        # the reader still reads its snapshot, and the vacuum did not wait it out
+        assert q.segment(held, q.SegmentFilter(), limit=10).items == page.items
+    assert done.log_truncated is False and waited < 10
+    again = vacuum(eng)  # with the reader gone, the log is truncated
+    assert again.log_truncated is True and not Path(f"{store}-wal").stat().st_size
+    with eng.connect() as conn:
+        assert q.latest(conn, "c00000").churn_probability == 0.1
+    eng.dispose()
+
+
+def test_vacuum_command_on_either_database(engine: sa.Engine, url: str, tmp_path: Path) -> None:
+    _write(engine, tmp_path, RUN1, "2024-11-30")
+    result = CliRunner().invoke(app, ["vacuum", "--store", url])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("vacuumed score store ")
+    assert ("MB -> " in result.output) == ("://" not in url)  # sizes for a SQLite file
+    with engine.connect() as conn:
+        assert q.latest(conn, "d").churn_probability == 0.9

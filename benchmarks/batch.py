@@ -144,7 +144,7 @@ IN_MEMORY = textwrap.dedent(
     import sys
     from customer_lifecycle.features.engine import build_features
     from customer_lifecycle.features.events import load_events
-    from customer_lifecycle.features.io import write_table
+    from customer_lifecycle.features.sink import write_atomic
     from customer_lifecycle.scoring.pyfunc import load_bundle
 
     events_path, model, as_of, out = sys.argv[1:5]
@@ -152,7 +152,7 @@ IN_MEMORY = textwrap.dedent(
     events, _ = load_events(events_path)
     feats = build_features(events, as_of=as_of, definition=bundle.definition)
     del events
-    write_table(bundle.predict_features(feats), out)
+    write_atomic(bundle.predict_features(feats), out)
     print(f"scored {len(feats):,} customers")
     """
 )

@@ -192,6 +192,11 @@ def parse_as_of(value: object) -> pd.Timestamp:
     """
     if value is None:
         raise ValueError("as_of is required: features never default to 'now'")
+    if isinstance(value, str) and not is_timestamp_text(pa.array([value]))[0]:
+        # the event contract's one definition of a time text: not "now", "today", "2024"
+        raise ValueError(
+            f"as_of {value!r} is not an ISO 8601 time such as 2024-12-31 or 2024-12-31T18:00Z"
+        )
     try:
         ts = pd.Timestamp(value)  # type: ignore[arg-type]
     except (ValueError, TypeError) as exc:

@@ -1,6 +1,6 @@
 """Writing a table chunk by chunk, atomically: no partial file after a failure.
 
-:class:`TableAppender` is the streaming counterpart of :func:`features.io.write_table`:
+:class:`TableAppender` is the streaming counterpart of :func:`write_atomic`:
 rows arrive in chunks and go to a hidden temporary file beside the target, which is
 renamed over the target only by :meth:`TableAppender.commit`. Until then the target path
 is untouched (an earlier file there survives a failed run). The file then gets the mode a

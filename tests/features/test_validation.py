@@ -12,6 +12,7 @@ from customer_lifecycle.features.contract import (
     TIMESTAMP_PATTERN,
     is_canonical_frame,
     is_timestamp_text,
+    parse_as_of,
 )
 from customer_lifecycle.features.events import load_events
 from customer_lifecycle.features.mapping import EventMapping
@@ -356,3 +357,22 @@ def test_float_ids_beyond_exact_integers_keep_their_value():
     )
     events, _, _ = validate_events(frame)
     assert events["customer_id"].tolist() == ["1e+20", "3.0"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-12-31", "2024-12-31T00:00Z"),  # a date: midnight UTC
+        ("2024-12-31T18:00+02:00", "2024-12-31T16:00Z"),  # a time with an offset
+        ("now", None),  # a time that moves: never an as_of
+        ("today", None),  # the same
+        ("20241231", None),  # compact form, refused by the file contract too
+        ("2024", None),  # a year is not a time
+    ],
+)
+def test_as_of_texts_follow_the_event_contract(text: str, expected: str | None) -> None:
+    if expected is not None:
+        assert parse_as_of(text) == pd.Timestamp(expected)
+    else:
+        with pytest.raises(ValueError, match="is not an ISO 8601 time"):
+            parse_as_of(text)

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pandas as pd
 import uvicorn
+from customer_lifecycle.serving.playbook import load_playbook
+from customer_lifecycle.serving.predict import ServedModel
+from customer_lifecycle.serving.registry import ModelRef, load_served_model
 from customer_lifecycle.serving.settings import Settings
 
 NAME = "lifecycle-serving"
@@ -196,3 +201,31 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     status = int(lines[0].split()[1])
     headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
     return status, headers, body
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockingModel(ServedModel):
+    """A model whose scoring waits for a gate: keeps a request in flight on purpose."""
+
+    gate: threading.Event = dataclasses.field(default_factory=threading.Event)
+    entered: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def score_events(self, customers: Any, as_of: datetime) -> Any:
+        self.entered.set()
+        assert self.gate.wait(30)
+        return super().score_events(customers, as_of)
+
+
+def blocking_loader(
+    holder: dict[str, BlockingModel],
+) -> Callable[[str, ModelRef], ServedModel]:
+    """A real model loader whose model is a :class:`BlockingModel`, kept in ``holder``."""
+    playbook = load_playbook()
+
+    def loader(uri: str, ref: ModelRef) -> ServedModel:
+        real = load_served_model(uri, ref, playbook=playbook, reasons=3)
+        fields = {f.name: getattr(real, f.name) for f in dataclasses.fields(real)}
+        holder["model"] = BlockingModel(**fields)
+        return holder["model"]
+
+    return loader

@@ -22,13 +22,22 @@ from customer_lifecycle.scoring.bundle import ModelBundle
 from customer_lifecycle.serving.app import create_app
 from customer_lifecycle.serving.playbook import load_playbook
 from customer_lifecycle.serving.predict import ServedModel
-from customer_lifecycle.serving.registry import ModelRef, load_served_model
+from customer_lifecycle.serving.registry import ModelRef
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from starlette.routing import Route
 
-from tests.serving.support import AUTH, KEYS, Trained, busy_customers, customer_payload, settings
+from tests.serving.support import (
+    AUTH,
+    KEYS,
+    BlockingModel,
+    Trained,
+    blocking_loader,
+    busy_customers,
+    customer_payload,
+    settings,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -570,28 +579,9 @@ def test_model_that_cannot_load_leaves_the_server_up_without_a_model(
     assert "nothing-here" in r.json()["detail"]
 
 
-@dataclasses.dataclass(frozen=True)
-class _BlockingModel(ServedModel):
-    """A model whose scoring waits for a gate: keeps a request in flight on purpose."""
-
-    gate: threading.Event = dataclasses.field(default_factory=threading.Event)
-    entered: threading.Event = dataclasses.field(default_factory=threading.Event)
-
-    def score_events(self, customers: Any, as_of: datetime) -> Any:
-        self.entered.set()
-        assert self.gate.wait(10)
-        return super().score_events(customers, as_of)
-
-
 def test_overload_is_503_with_retry_after_and_never_queues(trained: Trained) -> None:
-    playbook = load_playbook()
-    holder: dict[str, _BlockingModel] = {}
-
-    def loader(uri: str, ref: ModelRef) -> ServedModel:
-        real = load_served_model(uri, ref, playbook=playbook, reasons=3)
-        fields = {f.name: getattr(real, f.name) for f in dataclasses.fields(real)}
-        holder["model"] = _BlockingModel(**fields)
-        return holder["model"]
+    holder: dict[str, BlockingModel] = {}
+    loader = blocking_loader(holder)
 
     app = create_app(
         settings(trained.v1_dir, max_in_flight=1, retry_after_seconds=7, inline_event_limit=0),

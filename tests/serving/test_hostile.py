@@ -7,7 +7,6 @@ back, and time texts the file loader would not read.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import socket
@@ -23,9 +22,6 @@ import pytest
 from customer_lifecycle.features.contract import TIMESTAMP_PATTERN
 from customer_lifecycle.features.validation import MAX_AMOUNT, validate_events
 from customer_lifecycle.serving.app import create_app
-from customer_lifecycle.serving.playbook import load_playbook
-from customer_lifecycle.serving.predict import ServedModel
-from customer_lifecycle.serving.registry import ModelRef, load_served_model
 from customer_lifecycle.serving.schemas import Event
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -34,7 +30,9 @@ from pydantic import ValidationError
 
 from tests.serving.support import (
     AUTH,
+    BlockingModel,
     Trained,
+    blocking_loader,
     live_server,
     raw_request,
     read_response,
@@ -84,30 +82,11 @@ def test_trickling_bodies_hold_no_scoring_slot_and_get_408(trained: Trained) -> 
 # -- overload with Connection: close ------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _BlockingModel(ServedModel):
-    """A model whose scoring waits for a gate: keeps a request in flight on purpose."""
-
-    gate: threading.Event = dataclasses.field(default_factory=threading.Event)
-    entered: threading.Event = dataclasses.field(default_factory=threading.Event)
-
-    def score_events(self, customers: Any, as_of: datetime) -> Any:
-        self.entered.set()
-        assert self.gate.wait(30)
-        return super().score_events(customers, as_of)
-
-
 def test_overload_with_connection_close_is_503_with_retry_after_not_a_reset(
     trained: Trained,
 ) -> None:
-    playbook = load_playbook()
-    holder: dict[str, _BlockingModel] = {}
-
-    def loader(uri: str, ref: ModelRef) -> ServedModel:
-        real = load_served_model(uri, ref, playbook=playbook, reasons=3)
-        fields = {f.name: getattr(real, f.name) for f in dataclasses.fields(real)}
-        holder["model"] = _BlockingModel(**fields)
-        return holder["model"]
+    holder: dict[str, BlockingModel] = {}
+    loader = blocking_loader(holder)
 
     app = create_app(
         settings(trained.v1_dir, max_in_flight=1, retry_after_seconds=3, inline_event_limit=0),

@@ -1,4 +1,4 @@
-"""BG/NBD: likelihood, predictions and fit, checked against the generative process."""
+"""BG/NBD and Gamma-Gamma: likelihood, predictions and fit, checked by simulation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ import json
 
 import numpy as np
 import pytest
-from customer_lifecycle.training.btyd import BGNBD, _nll_and_grad, fit_bgnbd
+from customer_lifecycle.features import btyd as models
+from customer_lifecycle.training.btyd import (
+    BGNBD,
+    GammaGamma,
+    _gg_nll_and_grad,
+    _nll_and_grad,
+    fit_bgnbd,
+    fit_gamma_gamma,
+    spend_frequency_correlation,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, optimize, special
@@ -309,3 +318,110 @@ def test_predictions_refuse_nan_and_bad_parameters():
         BGNBD(r=1.0, alpha=0.0, a=1.0, b=1.0)
     with pytest.raises(ValueError, match="weights"):
         fit_bgnbd([1, 2], [1.0, 2.0], [3.0, 3.0], weights=[1.0, -1.0])
+
+
+def test_training_reexports_the_models_of_features():
+    assert BGNBD is models.BGNBD and GammaGamma is models.GammaGamma
+
+
+GG_TRUE = GammaGamma(p=6.25, q=3.74, v=15.44)
+
+
+def simulate_spend(
+    model: GammaGamma, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw repeat buyers from the Gamma-Gamma process: ``x``, mean spend ``m_x``, ``nu``.
+
+    ``x`` is 1 + Poisson(3), independent of ``nu``; each of the ``x`` spends is drawn
+    on its own and averaged, so the test does not rely on the sum being Gamma.
+    """
+    rng = np.random.default_rng(seed)
+    x = 1 + rng.poisson(3.0, n)
+    nu = rng.gamma(model.q, 1.0 / model.v, n)
+    spends = rng.gamma(model.p, 1.0 / np.repeat(nu, x))
+    sums = np.add.reduceat(spends, np.concatenate([[0], np.cumsum(x)[:-1]]))
+    return x.astype(float), sums / x, nu
+
+
+def _gg_theta(model: GammaGamma) -> np.ndarray:
+    return np.log([model.p, model.q - 1.0, model.v])
+
+
+def test_gamma_gamma_fit_recovers_parameters_within_sampling_error():
+    x, m, _ = simulate_spend(GG_TRUE, 5_000, seed=21)
+    fitted = fit_gamma_gamma(x, m)
+    est, truth = _gg_theta(fitted), _gg_theta(GG_TRUE)
+    # Observed information on the fit's parameters (log p, log(q - 1), log v), by central
+    # differences of the analytic gradient of the mean NLL, hence the factor n.
+    step = 1e-4
+    hess = np.empty((3, 3))
+    for j in range(3):
+        e = np.zeros(3)
+        e[j] = step
+        g_plus = _gg_nll_and_grad(est + e, x, m, 0.0)[1]
+        g_minus = _gg_nll_and_grad(est - e, x, m, 0.0)[1]
+        hess[:, j] = (g_plus - g_minus) / (2 * step) * x.size
+    hess = 0.5 * (hess + hess.T)
+    se = np.sqrt(np.diag(np.linalg.inv(hess)))
+    assert (se < 0.3).all(), f"the sample is too small to test anything: se={se}"
+    z = (est - truth) / se
+    assert np.abs(z).max() < 4.0, f"estimates {fitted} vs truth {GG_TRUE}, z={z}"
+
+
+def test_gamma_gamma_fit_follows_the_currency_unit_and_ignores_non_repeat_buyers():
+    x, m, _ = simulate_spend(GG_TRUE, 2_000, seed=22)
+    base = fit_gamma_gamma(x, m)
+    # customers without a repeat purchase carry no spend information (and may be NaN)
+    padded = fit_gamma_gamma(
+        np.concatenate([x, np.zeros(500)]), np.concatenate([m, [np.nan] * 500])
+    )
+    np.testing.assert_allclose(_gg_theta(padded), _gg_theta(base), rtol=1e-6)
+    cents = fit_gamma_gamma(x, 100.0 * m)
+    np.testing.assert_allclose([cents.p, cents.q], [base.p, base.q], rtol=1e-3)
+    assert cents.v == pytest.approx(100.0 * base.v, rel=1e-3)
+
+
+def test_gamma_gamma_fitted_predictions_are_unbiased_for_the_true_mean_spend():
+    x, m, nu = simulate_spend(GG_TRUE, 20_000, seed=23)
+    fitted = fit_gamma_gamma(x, m)
+    predicted = fitted.conditional_expected_spend(x, m)
+    truth = GG_TRUE.p / nu  # each customer's true mean spend per purchase
+    for name, group in [("all", x > 0), ("one purchase", x == 1), ("5+", x >= 5)]:
+        resid = truth[group] - predicted[group]
+        z = resid.mean() / (resid.std() / np.sqrt(resid.size))
+        assert abs(z) < 4.0, f"{name}: bias {resid.mean():.3f}"
+
+
+def test_gamma_gamma_gradient_matches_finite_differences():
+    x, m, _ = simulate_spend(GG_TRUE, 2_000, seed=24)
+    for point in ([6.25, 2.74, 15.44], [0.5, 0.1, 2.0], [40.0, 20.0, 300.0]):
+        theta = np.log(point)
+        grad = _gg_nll_and_grad(theta, x, m, 1e-3)[1]
+        num = optimize.approx_fprime(theta, lambda t: _gg_nll_and_grad(t, x, m, 1e-3)[0], 1e-7)
+        np.testing.assert_allclose(grad, num, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("x", "m", "message"),
+    [
+        ([1.0] * 19 + [0.0] * 50, [10.0] * 19 + [np.nan] * 50, "at least 20 customers"),
+        ([1.0] * 30, [10.0] * 29 + [0.0], "mean_spend must be finite and > 0"),
+        ([1.0] * 30, [10.0] * 29 + [np.inf], "mean_spend must be finite and > 0"),
+        ([1.0] * 29 + [-1.0], [10.0] * 30, "whole numbers"),
+    ],
+)
+def test_gamma_gamma_fit_refuses_bad_input_with_one_line(x, m, message):
+    with pytest.raises(ValueError, match=message) as info:
+        fit_gamma_gamma(x, m)
+    assert "\n" not in str(info.value)
+
+
+def test_spend_frequency_correlation():
+    x, m, _ = simulate_spend(GG_TRUE, 5_000, seed=25)
+    x_all, m_all = np.concatenate([x, np.zeros(100)]), np.concatenate([m, np.full(100, np.nan)])
+    independent = spend_frequency_correlation(x_all, m_all)
+    assert independent == pytest.approx(np.corrcoef(x, m)[0, 1])
+    assert abs(independent) < 4.0 / np.sqrt(x.size)
+    # heavy buyers spending more per purchase: the model's assumption fails
+    assert spend_frequency_correlation(x, m * x) > 0.3
+    assert np.isnan(spend_frequency_correlation([1, 2], [3.0, 4.0]))

@@ -185,6 +185,7 @@ def feature_query(definition: FeatureDefinition, cutoff: int) -> str:
     out["btyd_frequency"] = f"greatest({n_days} - 1, 0)"
     out["btyd_recency_days"] = f"(last_pday_first - first_p) / {DAY_NS}"
     out["btyd_age_days"] = days_since("first_p")
+    out["btyd_mean_spend"] = "CASE WHEN repeat_days > 0 THEN repeat_sum / repeat_days END"
 
     names = d.feature_names()
     if sorted(out) != sorted(names):
@@ -212,7 +213,7 @@ per AS (
   FROM ev GROUP BY cid
 ),
 purchase_days AS (
-  SELECT cid, day, min(t) AS t0
+  SELECT cid, day, min(t) AS t0, sum(amount) AS spend  -- NULL when no amount that day
   FROM ev WHERE {member(d.purchase_group)}
   GROUP BY cid, day
 ),
@@ -222,7 +223,10 @@ cadence AS (
     sum(gap)::DOUBLE AS gsum,
     sum(gap * gap)::DOUBLE AS gsq,
     min(t0) AS first_p,
-    arg_max(t0, day) AS last_pday_first  -- the first purchase of the latest purchase day
+    arg_max(t0, day) AS last_pday_first,  -- the first purchase of the latest purchase day
+    -- spend of the purchase days after the first (gap is NULL on the first day only)
+    sum(CASE WHEN gap IS NOT NULL THEN spend END) AS repeat_sum,
+    count(CASE WHEN gap IS NOT NULL THEN spend END) AS repeat_days
   FROM (SELECT *, day - lag(day) OVER (PARTITION BY cid ORDER BY day) AS gap FROM purchase_days)
   GROUP BY cid
 )

@@ -8,7 +8,8 @@ scientist would do it with vectorised pandas group-bys:
   which is much smaller than the log, then summed (or maxed) into the event groups
   through the type -> group membership table (a type may sit in several groups);
 * distinct active days come from one ``(customer, day)`` group-by;
-* purchase cadence from the distinct purchase days, ``diff`` within each customer.
+* purchase cadence from the distinct purchase days, ``diff`` within each customer, and
+  the repeat spend from those days' amount totals after each customer's first day.
 
 It serves two purposes: the pandas baseline in :mod:`benchmarks.features`, and the
 oracle of the engine parity property test (``tests/features/test_engine_parity.py``).
@@ -188,10 +189,16 @@ def pandas_features(
     out["tenure_days"] = everyone["max_age"] / DAY_NS
 
     # -- purchase cadence over distinct purchase days ---------------------------------
-    bought = ev.loc[ev[_TYPE].isin(list(d.groups[d.purchase_group])), [_CUST, "day", "age"]]
+    bought = ev.loc[
+        ev[_TYPE].isin(list(d.groups[d.purchase_group])), [_CUST, "day", "age", "amount"]
+    ]
     # One row per purchase day, with the age of its first purchase; the group-by sorts
     # by (customer, day), so diff() within a customer is the gap between purchase days.
-    pdays = bought.groupby([_CUST, "day"], observed=True)["age"].max().reset_index()
+    pdays = (
+        bought.groupby([_CUST, "day"], observed=True)
+        .agg(age=("age", "max"), spend=("amount", "sum"), priced=("amount", "count"))
+        .reset_index()
+    )
     pdays["gap"] = pdays.groupby(_CUST, observed=True)["day"].diff()
     gaps = pdays.groupby(_CUST, observed=True)["gap"]
     day_ages = pdays.groupby(_CUST, observed=True)["age"]
@@ -207,6 +214,11 @@ def pandas_features(
     out["btyd_frequency"] = (n_days - 1).clip(lower=0)
     out["btyd_recency_days"] = (first - latest_day) / DAY_NS
     out["btyd_age_days"] = first / DAY_NS
+    # repeat purchase days: every purchase day but the customer's first (rows are sorted)
+    repeat = pdays[pdays.groupby(_CUST, observed=True).cumcount() > 0]
+    # a day none of whose purchases has an amount has no spend, rather than a spend of 0
+    priced = repeat[repeat["priced"] > 0].groupby(_CUST, observed=True)["spend"]
+    out["btyd_mean_spend"] = priced.sum() / priced.size()
 
     frame = pd.DataFrame({k: out[k].reindex(customers) for k in d.feature_names()})
     frame = frame.astype(np.float64)  # nullable <NA> becomes NaN

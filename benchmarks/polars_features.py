@@ -130,10 +130,11 @@ def polars_features(
 
     # purchase cadence: one row per distinct purchase day, with its first purchase time
     gaps = pl.col("day").sort().diff()
+    repeat_priced = (pl.col("day") > pl.col("day").min()) & (pl.col("priced") > 0)
     cadence = (
         ev.filter(member(d.purchase_group))
         .group_by("cid", "day")
-        .agg(t0=t.min())
+        .agg(t0=t.min(), spend=amt.sum(), priced=amt.count())
         .group_by("cid")
         .agg(
             n_days=pl.len().cast(pl.Int64),
@@ -142,6 +143,9 @@ def polars_features(
             first_p=pl.col("t0").min(),
             # the first purchase of the latest purchase day
             last_pday_first=pl.col("t0").sort_by("day").last(),
+            # spend of the days after the first; a day with no amount is no spend at all
+            repeat_sum=pl.col("spend").filter(repeat_priced).sum(),
+            repeat_days=repeat_priced.sum(),
         )
     )
 
@@ -200,6 +204,7 @@ def polars_features(
     out["btyd_frequency"] = (n_days - 1).clip(lower_bound=0)
     out["btyd_recency_days"] = (c("last_pday_first") - c("first_p")) / DAY_NS
     out["btyd_age_days"] = days_since(c("first_p"))
+    out["btyd_mean_spend"] = pl.when(c("repeat_days") > 0).then(c("repeat_sum") / c("repeat_days"))
 
     if sorted(out) != sorted(names):
         raise AssertionError(f"polars_features does not build {sorted(set(names) ^ set(out))}")

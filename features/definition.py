@@ -172,6 +172,12 @@ class FeatureDefinition:
                 "day (0 with one purchase day, NaN with none)",
             ),
             ("btyd_age_days", "days from the first purchase to as_of (NaN with none)"),
+            (
+                "btyd_mean_spend",
+                "mean spend per repeat purchase day: recorded purchase amounts on the "
+                "purchase days after the first, over those of these days with an amount "
+                "(NaN when there is none)",
+            ),
         ]
         return tuple(out)
 

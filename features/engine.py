@@ -436,6 +436,7 @@ _OP_OVERDUE = 15  # days since last_t[a] over the mean gap
 _OP_REPEAT = 16
 _OP_BTYD_RECENCY = 17
 _OP_BTYD_AGE = 18
+_OP_BTYD_SPEND = 19  # rsum / rdays
 
 
 @dataclass(frozen=True)
@@ -495,7 +496,7 @@ def _compile(d: FeatureDefinition, type_names: tuple[str, ...]) -> _Compiled:
     for op in (_OP_PURCHASE_DAYS, _OP_GAP_MEAN, _OP_GAP_STD):
         emit(op)
     emit(_OP_OVERDUE, purchase)
-    for op in (_OP_REPEAT, _OP_BTYD_RECENCY, _OP_BTYD_AGE):
+    for op in (_OP_REPEAT, _OP_BTYD_RECENCY, _OP_BTYD_AGE, _OP_BTYD_SPEND):
         emit(op)
     if len(plan) != len(d.feature_names()):  # pragma: no cover - a programming error
         raise AssertionError("the derive plan and feature_names() disagree")
@@ -587,6 +588,8 @@ class _Primitives:
     last_pt: np.ndarray  # int64[rows]: first purchase time on the latest purchase day
     gsum: np.ndarray  # float64[rows]: sum of gaps between purchase days
     gsq: np.ndarray  # float64[rows]: sum of squared gaps
+    rsum: np.ndarray  # float64[rows]: purchase amounts on repeat purchase days
+    rdays: np.ndarray  # int64[rows]: repeat purchase days with an amount
     lcnt: np.ndarray  # int64[rows, groups + all, last-active windows] (buckets, then windows)
     lfun: np.ndarray  # int32[rows, last-active windows] (bucket maxima, then windows)
     ltyp: np.ndarray  # int32[rows, event types, last-active windows] (buckets, then windows)
@@ -609,6 +612,8 @@ class _Primitives:
             last_pt=np.empty(rows, dtype=np.int64),
             gsum=np.empty(rows),
             gsq=np.empty(rows),
+            rsum=np.empty(rows),
+            rdays=np.empty(rows, dtype=np.int64),
             lcnt=np.empty((rows, g, len(d.last_active_windows_days)), dtype=np.int64),
             lfun=np.empty((rows, len(d.last_active_windows_days)), dtype=np.int32),
             ltyp=np.empty(
@@ -635,6 +640,8 @@ class _Primitives:
             self.last_pt,
             self.gsum,
             self.gsq,
+            self.rsum,
+            self.rdays,
             self.lcnt,
             self.lfun,
             self.ltyp,
@@ -675,6 +682,8 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
     last_pt,
     gsum,
     gsq,
+    rsum,
+    rdays,
     lcnt,
     lfun,
     ltyp,
@@ -701,11 +710,14 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
             last_pt[r] = none
             gsum[r] = 0.0
             gsq[r] = 0.0
+            rsum[r] = 0.0
+            rdays[r] = 0
             lcnt[r] = 0
             lfun[r] = 0
             ltyp[r] = 0
             last_day = np.full(n_a + 1, none, dtype=np.int64)
             prev_pday = none
+            pday_has_amount = False
             stop = e1
             if e1 > e0 and t[e0] < as_of:
                 first_t[r] = t[e0]
@@ -763,6 +775,14 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
                             gsq[r] += gap * gap
                         pdays[r] += 1
                         prev_pday = day
+                        pday_has_amount = False
+                    # Spend of repeat purchase days only (the first day is BG/NBD's
+                    # time 0); a day without any amount is not a zero-spend day.
+                    if pdays[r] > 1 and not np.isnan(a):
+                        rsum[r] += a
+                        if not pday_has_amount:
+                            rdays[r] += 1
+                            pday_has_amount = True
             # activity when last seen: walk back from the last event before as_of
             if stop > e0 and n_l > 0:
                 t_last = t[stop - 1]
@@ -826,6 +846,8 @@ def _derive(  # type: ignore[no-untyped-def]  # noqa: PLR0913
     last_pt,
     gsum,
     gsq,
+    rsum,
+    rdays,
     lcnt,
     lfun,
     ltyp,
@@ -890,8 +912,10 @@ def _derive(  # type: ignore[no-untyped-def]  # noqa: PLR0913
                 v = float(max(pdays[r] - 1, 0))
             elif o == _OP_BTYD_RECENCY:
                 v = nan if first_pt[r] == none else (last_pt[r] - first_pt[r]) / day
-            else:  # _OP_BTYD_AGE
+            elif o == _OP_BTYD_AGE:
                 v = nan if first_pt[r] == none else (now - first_pt[r]) / day
+            else:  # _OP_BTYD_SPEND
+                v = rsum[r] / rdays[r] if rdays[r] > 0 else nan
             out[row, j] = v
 
 

@@ -140,23 +140,30 @@ def build_features_spark(
     level = F.lit(0)
     for name, lv in level_of.items():
         level = F.when(et == name, F.lit(lv)).otherwise(level)
+
+    def member(group: str) -> Column:
+        return F.lit(True) if group == ALL else et.isin(list(d.groups[group]))
+
+    # integer floor division (pmod is never negative), before 1970 too
+    day_of_t = F.expr(f"(t - pmod(t, {DAY_NS})) div {DAY_NS}")
     ev = ev.select(
         "cid",
         "t",
         "et",
         "amount",
         (F.lit(cutoff) - t).alias("age"),
-        # integer floor division (pmod is never negative), before 1970 too
-        F.expr(f"(t - pmod(t, {DAY_NS})) div {DAY_NS}").alias("day"),
+        day_of_t.alias("day"),
         level.alias("level"),
         # the customer's last event before as_of anchors the last-active windows
         (F.max(t).over(Window.partitionBy("cid")) - t).alias("back"),
+        # the first purchase day is BG/NBD's time 0: its spend is not repeat spend
+        F.min(F.when(member(d.purchase_group), day_of_t))
+        .over(Window.partitionBy("cid"))
+        .alias("first_pday"),
     )
     age, back, day, amt = F.col("age"), F.col("back"), F.col("day"), F.col("amount")
     lvl = F.col("level")
-
-    def member(group: str) -> Column:
-        return F.lit(True) if group == ALL else et.isin(list(d.groups[group]))
+    first_pday = F.col("first_pday")
 
     def within(span: Column, days: int) -> Column:
         return span <= F.lit(days * DAY_NS)
@@ -196,6 +203,10 @@ def build_features_spark(
     aggs["first_p"] = F.min(F.when(purchase, t))
     # the first purchase of the latest purchase day: the least (-day, t) among purchases
     aggs["last_pday_first"] = F.min(F.when(purchase, F.struct((-day).alias("k"), t.alias("t"))))
+    # spend of repeat purchase days; a day with no amount is no spend, not a spend of 0
+    repeat_spend = purchase & amt.isNotNull() & (day > first_pday)
+    aggs["repeat_sum"] = F.sum(F.when(repeat_spend, amt))
+    aggs["repeat_days"] = F.count_distinct(F.when(repeat_spend, day))
     per = ev.groupBy("cid").agg(*[expr.alias(name) for name, expr in aggs.items()])
 
     c = F.col
@@ -270,6 +281,9 @@ def build_features_spark(
     out["btyd_frequency"] = F.greatest(n_days - 1, F.lit(0)).cast("double")
     out["btyd_recency_days"] = _nan_if_null((c("last_pday_first")["t"] - c("first_p")) / day_ns)
     out["btyd_age_days"] = days_since(c("first_p"))
+    out["btyd_mean_spend"] = _nan_if_null(
+        F.when(c("repeat_days") > 0, c("repeat_sum") / c("repeat_days"))
+    )
 
     names = d.feature_names()
     missing = [n for n in names if n not in out]

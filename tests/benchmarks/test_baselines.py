@@ -58,6 +58,13 @@ def hand_made_log() -> pd.DataFrame:
         # e: one purchase day
         ("e", "2024-01-10T10:00:00Z", "purchase", 12.0),
         ("e", "2024-01-10T11:00:00Z", "purchase", 13.0),
+        # f: repeat purchase days, one of them without any amount, and a refund
+        ("f", "2023-12-01T23:00:00Z", "purchase", 500.0),
+        ("f", "2023-12-02T01:00:00Z", "purchase", 8.0),
+        ("f", "2023-12-02T02:00:00Z", "purchase", 4.0),
+        ("f", "2023-12-03T00:00:00Z", "refund", 12.0),
+        ("f", "2024-01-15T00:00:00Z", "purchase", None),
+        ("f", "2024-01-30T00:00:00Z", "purchase", 6.0),
     ]
     return pd.DataFrame(rows, columns=["customer_id", "timestamp", "event_type", "amount"])
 
@@ -107,9 +114,11 @@ def test_hand_made_log(baseline: Baseline, canonical: bool) -> None:
         events = to_canonical_frame(events)
     expected = build_features(events, as_of=AS_OF, definition=load_definition())
     # the log covers what it claims: no row for d, nothing bought by b or c
-    assert list(expected.index) == ["a", "b", "c", "e"]
+    assert list(expected.index) == ["a", "b", "c", "e", "f"]
     assert expected.loc[["b", "c"], "recency_purchase_days"].isna().all()
     assert expected.loc["a", "count_purchase_all"] == 3
+    assert expected.loc["f", "btyd_frequency"] == 3
+    assert expected.loc["f", "btyd_mean_spend"] == (8.0 + 4.0 + 6.0) / 2
     check(baseline, events, AS_OF, load_definition())
 
 

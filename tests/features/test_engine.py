@@ -117,6 +117,8 @@ def test_rows_are_customers_seen_before_as_of(tiny_features: pd.DataFrame) -> No
         ("a", "btyd_frequency", 1),
         ("a", "btyd_recency_days", 10.25),
         ("a", "btyd_age_days", 29.0),
+        # spend of the repeat purchase day (Feb 11) only: Feb 1 is the first purchase day
+        ("a", "btyd_mean_spend", 30.0),
         # a single event
         ("b", "count_all_all", 1),
         ("b", "count_acquisition_7d", 1),
@@ -130,6 +132,8 @@ def test_rows_are_customers_seen_before_as_of(tiny_features: pd.DataFrame) -> No
         ("d", "btyd_frequency", 2),
         ("d", "amount_purchase_sum_all", 30.0),
         ("d", "amount_purchase_mean_all", 15.0),
+        # repeat days Jan 11 (no amount: not a day of zero spend) and Jan 31 (20)
+        ("d", "btyd_mean_spend", 20.0),
     ],
 )
 def test_family_against_hand_computed_value(
@@ -149,6 +153,7 @@ def test_family_against_hand_computed_value(
         "purchase_overdue_ratio",
         "btyd_recency_days",
         "btyd_age_days",
+        "btyd_mean_spend",
         "gap_purchase_days",
     ],
 )
@@ -415,6 +420,30 @@ def test_btyd_summary_is_consistent_when_purchases_share_a_day() -> None:
     assert row["btyd_frequency"] == 0
     assert row["btyd_recency_days"] == 0
     assert row["btyd_age_days"] == pytest.approx(29 - 1 / 24)
+    assert math.isnan(row["btyd_mean_spend"])  # no repeat purchase day, no repeat spend
+
+
+def test_btyd_mean_spend_is_per_repeat_purchase_day() -> None:
+    events = frame(
+        [
+            ("f", "2024-01-01T23:00:00Z", "purchase", 1000.0),  # first day: time 0, left out
+            ("f", "2024-01-02T00:00:00Z", "purchase", 10.0),  # next UTC day, 1 hour later
+            ("f", "2024-01-02T20:00:00Z", "purchase", 30.0),  # same day: one day of 40
+            ("f", "2024-01-03T08:00:00Z", "refund", 40.0),  # refunds are not purchases
+            ("f", "2024-01-20T08:00:00Z", "purchase", 20.0),
+            ("f", "2024-01-20T09:00:00Z", "purchase"),  # no amount: skipped, day still 20
+            ("f", "2024-02-10T08:00:00Z", "page_view", 500.0),  # not a purchase
+            ("f", "2024-03-01T00:00:00Z", "purchase", 70.0),  # at as_of: excluded
+            # g's only repeat day has no amount: no repeat spend is known
+            ("g", "2024-01-01T00:00:00Z", "purchase", 5.0),
+            ("g", "2024-01-05T00:00:00Z", "purchase"),
+        ]
+    )
+    out = build_features(events, as_of=AS_OF)
+    assert out.loc["f", "btyd_frequency"] == 2
+    assert out.loc["f", "btyd_mean_spend"] == (10.0 + 30.0 + 20.0) / 2
+    assert out.loc["g", "btyd_frequency"] == 1
+    assert math.isnan(out.loc["g", "btyd_mean_spend"])
 
 
 def test_unused_customer_categories_are_not_rows(tiny: pd.DataFrame) -> None:

@@ -188,6 +188,7 @@ def test_pandas_oracle_on_a_known_log() -> None:
     assert row["purchase_gap_std_days"] == 0.0
     assert row["purchase_overdue_ratio"] == pytest.approx((20 + 19 / 24) / 10)
     assert row["btyd_recency_days"] == pytest.approx(9 + 14 / 24)
+    assert row["btyd_mean_spend"] == 30.0  # the repeat day Jan 11 only
     assert row["active_days_all"] == 3
     assert row["funnel_depth_30d"] == 4
     assert row["tenure_days"] == pytest.approx(30 + 14 / 24)

@@ -147,7 +147,8 @@ def to_canonical_frame(events: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=pd.RangeIndex(len(events)))
     out[CUSTOMER_ID] = pd.Categorical(events[CUSTOMER_ID].astype(str).to_numpy())
     try:
-        out[TIMESTAMP] = parse_timestamps(events[TIMESTAMP])
+        # by position: the input's index may be anything (a filtered frame's, say)
+        out[TIMESTAMP] = parse_timestamps(events[TIMESTAMP]).array
     except (ValueError, TypeError) as exc:
         raise ValueError(
             f"column 'timestamp' has values that are not ISO 8601 times: {exc}"

@@ -534,3 +534,13 @@ def test_chunks_of_customers_change_nothing(
         mp.setattr(engine, "CHUNK_CUSTOMERS", chunk)
         pd.testing.assert_frame_equal(build_features(events, as_of=as_of), whole_as_of)
         pd.testing.assert_frame_equal(build_features(events, snapshots=snaps), whole_snaps)
+
+
+def test_a_filtered_frame_with_a_gappy_index_gives_the_same_features(tiny: pd.DataFrame) -> None:
+    # a frame filtered by the caller keeps its index labels; converting it must go by
+    # position (it used to align timestamps by label and refuse the frame)
+    plain = tiny.astype({"timestamp": str}).reset_index(drop=True)
+    gappy = plain.set_axis(np.arange(len(plain)) * 7 + 3)
+    pd.testing.assert_frame_equal(
+        build_features(gappy, as_of=AS_OF), build_features(plain, as_of=AS_OF)
+    )

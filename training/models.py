@@ -1,12 +1,17 @@
 """The two heads (stage, churn), their calibration, and the baselines they must beat.
 
-Both heads are LightGBM boosters trained on the training split, early-stopped and
-calibrated on a separate calibration split (customers unseen in training):
+Both heads are LightGBM boosters fitted in two passes (docs/models.md#training-data-and-the-split):
+
+1. **Cross-fitting** (:func:`cross_fit`): K boosters, each trained on all but one fold
+   of customers and early-stopped on that fold. Their out-of-fold raw scores calibrate
+   the head, and their best iterations set the number of rounds of the final fit.
+2. **The final fit** (:func:`fit_rounds`): one booster on every row given, for the
+   chosen number of rounds, with the out-of-fold calibration.
 
 * stage: multiclass softmax, then one softmax temperature fitted by log loss. Class
   imbalance is handled at decision time: the probabilities stay calibrated on the
   natural class mix, and the predicted stage is ``argmax(p * w)`` with per-stage
-  weights ``w`` tuned for macro-F1 on the calibration split.
+  weights ``w`` tuned for macro-F1 on the out-of-fold scores.
 * churn: binary logistic, then Platt scaling of the raw margin.
 """
 
@@ -39,54 +44,78 @@ DEFAULT_LGB_PARAMS: dict[str, Any] = {
     "force_row_wise": True,
 }
 
-
-@dataclass
-class StageHead:
-    booster: lgb.Booster
-    temperature: float
-    weights: np.ndarray
+# Rows held out once by a single held-out fold (``folds=1``): one fifth of the fit set.
+SINGLE_FOLD_SHARE = 0.2
 
 
 @dataclass
-class ChurnHead:
-    booster: lgb.Booster
-    platt: tuple[float, float]
+class CrossFit:
+    """One head cross-fitted over customer folds.
+
+    ``oof`` holds each held-out row's raw score from the booster that did not see it
+    (``NaN`` for rows never held out, which only a single held-out fold leaves).
+    """
+
+    boosters: list[lgb.Booster]
+    oof: np.ndarray
+    held_out: np.ndarray  # bool per row: has an out-of-fold score
+    best_iterations: list[int]
+    fold_train_rows: list[int]
+
+    def rounds_for(self, max_rounds: int) -> int:
+        """Rounds for the booster refitted on every row: the folds' mean best iteration.
+
+        Not scaled up for the refit's larger data: scaling by the square root of the
+        rows' ratio, or by the ratio itself, scored lower on fresh customers
+        (docs/models.md#training-data-and-the-split).
+        """
+        return int(min(max_rounds, max(1, round(float(np.mean(self.best_iterations))))))
+
+    def raw_mean(self, X: np.ndarray) -> np.ndarray:
+        """The fold boosters' mean raw score: the cross-fitted ensemble's."""
+        return np.mean([np.asarray(b.predict(X, raw_score=True)) for b in self.boosters], axis=0)
 
 
-def fit_stage_head(
-    X_train: np.ndarray,
-    y_train: np.ndarray,
-    X_cal: np.ndarray,
-    y_cal: np.ndarray,
-    *,
-    n_classes: int,
-    seed: int,
-    max_rounds: int = 2000,
-    params: dict[str, Any] | None = None,
-) -> StageHead:
-    """Fit the multiclass head; ``y`` are integer stage indices."""
+def customer_folds(customers: pd.Series | np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold index per row, the same for every row of a customer.
+
+    ``folds >= 2``: customers are dealt at random into ``folds`` folds of near-equal
+    size. ``folds == 1``: one held-out fold of ``SINGLE_FOLD_SHARE`` of the customers;
+    the other rows get ``-1`` (never held out).
+
+    Raises
+    ------
+    ValueError
+        With fewer customers than folds.
+    """
+    ids = pd.Series(np.asarray(customers, dtype=object)).astype(str)
+    unique = np.array(sorted(ids.unique()), dtype=object)
+    parts = max(folds, 2)
+    if len(unique) < parts:
+        raise ValueError(
+            f"{len(unique)} labelled customer(s) outside validation cannot fill {parts} folds"
+        )
+    rng = np.random.default_rng(seed)
+    rng.shuffle(unique)
+    if folds == 1:
+        n_held = max(1, round(len(unique) * SINGLE_FOLD_SHARE))
+        fold_of = {c: (0 if i < n_held else -1) for i, c in enumerate(unique)}
+    else:
+        fold_of = {c: i % folds for i, c in enumerate(unique)}
+    return ids.map(fold_of).to_numpy(dtype=np.int64)
+
+
+def stage_params(n_classes: int, seed: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """LightGBM parameters of the stage head (multiclass softmax)."""
     p = {**DEFAULT_LGB_PARAMS, **(params or {})}
     p.update(objective="multiclass", num_class=n_classes, seed=seed, metric="multi_logloss")
-    booster = _train(p, X_train, y_train, X_cal, y_cal, max_rounds)
-    logits = np.asarray(booster.predict(X_cal, raw_score=True)).reshape(len(X_cal), n_classes)
-    temperature = fit_temperature(logits, y_cal)
-    proba = softmax(logits / temperature)
-    weights = tune_decision_weights(proba, y_cal, n_classes)
-    return StageHead(booster, temperature, weights)
+    return p
 
 
-def fit_churn_head(
-    X_train: np.ndarray,
-    y_train: np.ndarray,
-    X_cal: np.ndarray,
-    y_cal: np.ndarray,
-    *,
-    seed: int,
-    feature_names: list[str] | None = None,
-    max_rounds: int = 2000,
-    params: dict[str, Any] | None = None,
-) -> ChurnHead:
-    """Fit the binary churn head; ``y`` is 1 for churned.
+def churn_params(
+    seed: int, feature_names: list[str] | None = None, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """LightGBM parameters of the churn head (binary logistic).
 
     With ``feature_names``, the head is constrained to be monotone in overall activity
     (see :func:`churn_monotone_constraints`).
@@ -96,9 +125,155 @@ def fit_churn_head(
     if feature_names is not None:
         p["monotone_constraints"] = churn_monotone_constraints(feature_names)
         p["monotone_constraints_method"] = "advanced"
-    booster = _train(p, X_train, y_train, X_cal, y_cal, max_rounds)
-    margin = np.asarray(booster.predict(X_cal, raw_score=True), dtype=np.float64)
-    return ChurnHead(booster, fit_platt(margin, y_cal))
+    return p
+
+
+def cross_fit(
+    params: dict[str, Any], X: np.ndarray, y: np.ndarray, folds: np.ndarray, max_rounds: int
+) -> CrossFit:
+    """One booster per fold, trained on the other rows and early-stopped on the fold.
+
+    Parameters
+    ----------
+    params
+        LightGBM parameters (:func:`stage_params` or :func:`churn_params`).
+    X, y
+        Features and integer targets of the fit set.
+    folds
+        Fold index per row from :func:`customer_folds` (``-1``: never held out).
+    max_rounds
+        Upper bound on every booster's rounds.
+    """
+    n_out = int(params.get("num_class", 1))
+    oof = np.full((len(y), n_out) if n_out > 1 else len(y), np.nan)
+    boosters, best, rows = [], [], []
+    for k in np.unique(folds[folds >= 0]):
+        held = folds == k
+        booster = _train(params, X[~held], y[~held], X[held], y[held], max_rounds)
+        raw = np.asarray(booster.predict(X[held], raw_score=True), dtype=np.float64)
+        oof[held] = raw.reshape(int(held.sum()), n_out) if n_out > 1 else raw
+        boosters.append(booster)
+        # a booster that never improved on its first round reports 0
+        best.append(max(1, int(booster.best_iteration)))
+        rows.append(int((~held).sum()))
+    return CrossFit(boosters, oof, folds >= 0, best, rows)
+
+
+def fit_rounds(params: dict[str, Any], X: np.ndarray, y: np.ndarray, rounds: int) -> lgb.Booster:
+    """A booster on every given row for exactly ``rounds`` rounds (no early stopping)."""
+    train = lgb.Dataset(X, label=y, free_raw_data=True)
+    return lgb.train(_one_thread(params), train, num_boost_round=rounds)
+
+
+def calibrate_stage(logits: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, np.ndarray]:
+    """Temperature and decision weights from held-out logits ``(n, n_classes)``."""
+    temperature = fit_temperature(logits, y)
+    weights = tune_decision_weights(softmax(logits / temperature), y, n_classes)
+    return temperature, weights
+
+
+@dataclass
+class StageHead:
+    """The stage head: the final booster, its out-of-fold calibration, and the folds."""
+
+    booster: lgb.Booster
+    temperature: float
+    weights: np.ndarray
+    cross: CrossFit
+    rounds: int
+
+
+@dataclass
+class ChurnHead:
+    """The churn head: the final booster, its out-of-fold Platt scaling, and the folds."""
+
+    booster: lgb.Booster
+    platt: tuple[float, float]
+    cross: CrossFit
+    rounds: int
+
+
+def fit_stage_head(
+    X_fit: np.ndarray,
+    y_fit: np.ndarray,
+    folds: np.ndarray,
+    X_all: np.ndarray,
+    y_all: np.ndarray,
+    *,
+    n_classes: int,
+    seed: int,
+    max_rounds: int = 2000,
+    params: dict[str, Any] | None = None,
+) -> StageHead:
+    """Cross-fit the multiclass head on the fit set, then fit it on every row.
+
+    Parameters
+    ----------
+    X_fit, y_fit, folds
+        The fit set (stage indices) and its customer folds (:func:`customer_folds`):
+        the temperature, the decision weights and the rounds come from these alone.
+    X_all, y_all
+        Every labelled row: the final booster's training data.
+    """
+    p = stage_params(n_classes, seed, params)
+    cross = cross_fit(p, X_fit, y_fit, folds, max_rounds)
+    held = cross.held_out
+    temperature, weights = calibrate_stage(cross.oof[held], y_fit[held], n_classes)
+    rounds = cross.rounds_for(max_rounds)
+    return StageHead(fit_rounds(p, X_all, y_all, rounds), temperature, weights, cross, rounds)
+
+
+def fit_churn_head(
+    X_fit: np.ndarray,
+    y_fit: np.ndarray,
+    folds: np.ndarray,
+    X_all: np.ndarray,
+    y_all: np.ndarray,
+    *,
+    seed: int,
+    feature_names: list[str] | None = None,
+    max_rounds: int = 2000,
+    params: dict[str, Any] | None = None,
+) -> ChurnHead:
+    """Cross-fit the binary churn head on the fit set, then fit it on every row.
+
+    ``y`` is 1 for churned; the arguments are those of :func:`fit_stage_head`, and
+    ``feature_names`` those of :func:`churn_params`.
+    """
+    p = churn_params(seed, feature_names, params)
+    cross = cross_fit(p, X_fit, y_fit, folds, max_rounds)
+    held = cross.held_out
+    platt = fit_platt(cross.oof[held], y_fit[held])
+    rounds = cross.rounds_for(max_rounds)
+    return ChurnHead(fit_rounds(p, X_all, y_all, rounds), platt, cross, rounds)
+
+
+@dataclass
+class FoldEnsemble:
+    """Both heads' fold boosters with the out-of-fold calibration.
+
+    The model the validation metrics describe: none of its boosters saw a validation
+    customer. Its raw scores are the fold boosters' mean, calibrated like the final
+    model's (:meth:`predict_matrix` has the keys of ``ModelBundle.predict_matrix`` that
+    evaluation reads).
+    """
+
+    stage: StageHead
+    churn: ChurnHead
+    stages: tuple[str, ...]
+    feature_names: list[str]
+
+    def predict_matrix(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Stage, stage probabilities and churn probability for a feature matrix."""
+        logits = self.stage.cross.raw_mean(X).reshape(len(X), len(self.stages))
+        proba = softmax(logits / self.stage.temperature)
+        pick = np.argmax(proba * self.stage.weights, axis=1)
+        a, b = self.churn.platt
+        return {
+            "stage": np.asarray(self.stages, dtype=object)[pick],
+            "stage_proba": proba,
+            "churn_probability": sigmoid(a * self.churn.cross.raw_mean(X) + b),
+        }
 
 
 def churn_monotone_constraints(feature_names: list[str]) -> list[int]:
@@ -117,6 +292,15 @@ def churn_monotone_constraints(feature_names: list[str]) -> list[int]:
     return out
 
 
+def _one_thread(params: dict[str, Any]) -> dict[str, Any]:
+    if "num_threads" not in params:
+        # OpenMP threads busy-wait: on a shared 2-core machine two threads trained 26x
+        # slower than one (and a 70k-row fit took 13 minutes instead of one). One thread
+        # by default; set lgb_params num_threads on a dedicated machine.
+        return {**params, "num_threads": 1}
+    return params
+
+
 def _train(
     params: dict[str, Any],
     X_train: np.ndarray,
@@ -125,15 +309,10 @@ def _train(
     y_cal: np.ndarray,
     max_rounds: int,
 ) -> lgb.Booster:
-    if "num_threads" not in params:
-        # OpenMP threads busy-wait: on a shared 2-core machine two threads trained 26x
-        # slower than one (and a 70k-row fit took 13 minutes instead of one). One thread
-        # by default; set lgb_params num_threads on a dedicated machine.
-        params = {**params, "num_threads": 1}
     train = lgb.Dataset(X_train, label=y_train, free_raw_data=True)
     valid = lgb.Dataset(X_cal, label=y_cal, reference=train)
     return lgb.train(
-        params,
+        _one_thread(params),
         train,
         num_boost_round=max_rounds,
         valid_sets=[valid],

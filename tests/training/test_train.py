@@ -96,6 +96,28 @@ def test_run_is_tracked_with_params_metrics_plots_and_model(store: Path, trained
     assert result.promoted
 
 
+def test_registered_model_saw_every_row_validation_model_only_the_fit_set(
+    store: Path, trained
+) -> None:  # type: ignore[no-untyped-def]
+    result, bundle = trained
+    training = bundle.metadata["training"]
+    assert training["final_fit_rows"] == result.summary["snapshots"]
+    # two snapshots: the fit set is the earlier snapshot's non-validation customers, so
+    # fit and validation together are far from every row
+    assert training["fit_rows"] + training["validation_rows"] < 0.7 * training["final_fit_rows"]
+    assert training["folds"] == 5
+    # the registered boosters ran exactly the recorded rounds on every row (80% bagging)
+    assert bundle.stage_booster.num_trees() == training["rounds_stage"] * len(bundle.stages)
+    assert bundle.churn_booster.num_trees() == training["rounds_churn"]
+    tree = bundle.churn_booster.dump_model()["tree_info"][0]["tree_structure"]
+    assert tree["internal_count"] == pytest.approx(0.8 * training["final_fit_rows"], rel=0.03)
+    params = MlflowClient().get_run(result.run_id).data.params
+    assert params["final_fit_rows"] == str(training["final_fit_rows"])
+    assert params["folds"] == "5"
+    assert {"rounds_stage", "rounds_churn", "fit_rows"} <= set(params)
+    assert "config.calibration_fraction" not in params
+
+
 def test_model_beats_its_baselines(trained) -> None:  # type: ignore[no-untyped-def]
     m = trained[0].metrics
     assert m["valid_stage_macro_f1"] > m["baseline_majority_stage_macro_f1"]

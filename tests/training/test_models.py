@@ -1,0 +1,202 @@
+"""Cross-fitting, out-of-fold calibration and the refit on every row (training/models.py),
+and the fit / validation split they start from (training/train.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from customer_lifecycle.scoring.bundle import sigmoid, softmax
+from customer_lifecycle.training import models
+from customer_lifecycle.training.train import Examples, TrainConfig, split_examples
+from sklearn.metrics import log_loss, roc_auc_score
+
+# Trees that can give every customer id its own leaf: a booster that saw a customer
+# recalls its label, one that did not can only guess.
+MEMORISE = {
+    "num_leaves": 512,
+    "min_data_in_leaf": 2,
+    "min_sum_hessian_in_leaf": 0.0,
+    "min_data_in_bin": 1,
+    "max_bin": 1024,
+    "lambda_l2": 0.0,
+    "learning_rate": 0.3,
+    "feature_fraction": 1.0,
+    "bagging_fraction": 1.0,
+    "bagging_freq": 0,
+}
+
+
+def _root_rows(booster) -> int:  # type: ignore[no-untyped-def]
+    """Rows the first tree was grown on (all of them without bagging)."""
+    return int(booster.dump_model()["tree_info"][0]["tree_structure"]["internal_count"])
+
+
+def _id_problem(customers: int = 300, rows_each: int = 3, seed: int = 0):  # type: ignore[no-untyped-def]
+    """A learnable customer-id feature and a random label per customer."""
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(np.arange(customers), rows_each)
+    X = np.column_stack([ids.astype(float), rng.normal(size=len(ids))])
+    y = rng.integers(0, 2, customers)[ids]
+    return ids, X, y
+
+
+# -- folds ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_no_customer_is_in_two_folds(k: int) -> None:
+    customers = pd.Series([f"c{i % 97}" for i in range(1000)])
+    folds = models.customer_folds(customers, k, seed=4)
+    per_customer = pd.DataFrame({"c": customers, "f": folds}).groupby("c")["f"].nunique()
+    assert (per_customer == 1).all()
+    sizes = np.bincount(pd.Series(folds).groupby(customers).first(), minlength=k)
+    assert set(np.unique(folds)) == set(range(k))
+    assert sizes.max() - sizes.min() <= 1  # customers dealt evenly
+
+
+def test_a_single_held_out_fold_holds_a_fifth_of_the_customers() -> None:
+    customers = pd.Series([f"c{i}" for i in range(500)])
+    folds = models.customer_folds(customers, 1, seed=0)
+    assert set(np.unique(folds)) == {-1, 0}
+    assert (folds == 0).sum() == 100
+
+
+def test_folds_need_as_many_customers_as_folds() -> None:
+    with pytest.raises(ValueError, match="cannot fill 5 folds") as info:
+        models.customer_folds(pd.Series(["a", "b", "a", "c"]), 5, seed=0)
+    assert "\n" not in str(info.value)
+
+
+def _two_snapshots(customers: int = 400) -> Examples:
+    """Every customer at 2024-09-30 and 2024-12-31, stages cycling, churn alternating."""
+    ids = [f"c{i}" for i in range(customers)]
+    times = [pd.Timestamp("2024-09-30", tz="UTC"), pd.Timestamp("2024-12-31", tz="UTC")]
+    keys = pd.DataFrame({"customer_id": ids * 2, "as_of": np.repeat(times, customers)}).reset_index(
+        drop=True
+    )
+    n = len(keys)
+    return Examples(
+        keys, pd.DataFrame({"x": np.arange(n, dtype=float)}), np.arange(n) % 5, np.arange(n) % 2
+    )
+
+
+def test_fold_training_rows_respect_time_and_customer() -> None:
+    config = TrainConfig(horizon_days=90, seed=3)
+    ex = _two_snapshots()
+    fit, valid, kind = split_examples(ex, config)
+    assert kind == "time+customer"
+    latest = ex.keys["as_of"].max()
+    # validation: the latest snapshot only; the fit set: windows closed by then
+    assert (valid.keys["as_of"] == latest).all()
+    assert (fit.keys["as_of"] + pd.Timedelta(days=90) <= latest).all()
+    assert not set(fit.keys["customer_id"]) & set(valid.keys["customer_id"])
+    folds = models.customer_folds(fit.keys["customer_id"], 5, seed=config.seed)
+    for k in range(5):
+        train_ids = set(fit.keys["customer_id"][folds != k])
+        held_ids = set(fit.keys["customer_id"][folds == k])
+        assert not train_ids & held_ids
+        assert not train_ids & set(valid.keys["customer_id"])
+    assert len(fit.stage) + len(valid.stage) < len(ex.stage)  # the rest reaches the refit only
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["five", -1, 11, True, 2.5, None])
+def test_bad_cv_folds_are_one_line(bad: object) -> None:
+    with pytest.raises(ValueError, match="cv_folds must be") as info:
+        TrainConfig(cv_folds=bad)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+def test_automatic_folds_shrink_with_size_and_explicit_folds_win() -> None:
+    auto = TrainConfig()
+    assert auto.folds_for(7_000) == 5
+    assert auto.folds_for(80_000) == 1
+    assert [auto.folds_for(n) for n in (1_000, 30_000, 60_000, 500_000)] == sorted(
+        [auto.folds_for(n) for n in (1_000, 30_000, 60_000, 500_000)], reverse=True
+    )
+    assert TrainConfig(cv_folds=0).folds_for(7_000) == 5
+    assert TrainConfig(cv_folds=3).folds_for(500_000) == 3
+
+
+# -- cross-fitting, refit and calibration -----------------------------------------------
+
+
+def test_out_of_fold_scores_come_from_boosters_that_never_saw_the_row() -> None:
+    ids, X, y = _id_problem()
+    folds = models.customer_folds(ids, 5, seed=1)
+    cross = models.cross_fit(models.churn_params(0, params=MEMORISE), X, y, folds, 30)
+    assert cross.held_out.all() and not np.isnan(cross.oof).any()
+    assert roc_auc_score(y, cross.oof) < 0.65  # a guess: the id was never seen
+    # the same boosters on their own training rows recall the labels
+    seen = np.asarray(cross.boosters[0].predict(X[folds != 0], raw_score=True))
+    assert roc_auc_score(y[folds != 0], seen) > 0.95
+
+
+def test_the_final_booster_sees_every_row_and_the_held_out_model_none_of_validation() -> None:
+    ids, X, y = _id_problem(customers=375)
+    valid = ids >= 300  # the last 75 customers play validation
+    folds = models.customer_folds(ids[~valid], 5, seed=2)
+    head = models.fit_churn_head(
+        X[~valid], y[~valid], folds, X, y, seed=0, max_rounds=30, params=MEMORISE
+    )
+    assert _root_rows(head.booster) == len(y)
+    assert head.booster.num_trees() == head.rounds
+    assert all(_root_rows(b) < int((~valid).sum()) for b in head.cross.boosters)
+    stage = models.fit_stage_head(
+        X[~valid], y[~valid], folds, X, y, n_classes=2, seed=0, max_rounds=30, params=MEMORISE
+    )
+    ensemble = models.FoldEnsemble(stage, head, ("a", "b"), ["id", "noise"])
+    held_out = ensemble.predict_matrix(X[valid])["churn_probability"]
+    final = head.booster.predict(X[valid], raw_score=True)
+    assert roc_auc_score(y[valid], final) > 0.9  # the registered booster saw them
+    assert roc_auc_score(y[valid], held_out) < 0.7  # the validated model did not
+
+
+def test_refit_rounds_are_the_folds_mean_best_iteration_within_max_rounds() -> None:
+    ids, X, y = _id_problem()
+    folds = models.customer_folds(ids, 3, seed=0)
+    cross = models.cross_fit(models.churn_params(0), X, y, folds, 300)
+    assert len(cross.best_iterations) == 3
+    assert all(1 <= it <= 300 for it in cross.best_iterations)
+    # each fold booster keeps up to 50 rounds past its best: the best is what counts
+    assert cross.rounds_for(300) == round(np.mean(cross.best_iterations))
+    assert cross.rounds_for(1) == 1
+
+
+def _noisy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes from two features with much label noise: easy to overfit."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    logits = np.column_stack([X[:, 0], X[:, 1], -X[:, 0] - X[:, 1]])
+    u = rng.random(n)[:, None]
+    y = (u > np.cumsum(softmax(logits), axis=1)).sum(axis=1)
+    return X, y
+
+
+def test_out_of_fold_calibration_improves_held_out_log_loss() -> None:
+    X, y = _noisy(3000, 0)
+    X_new, y_new = _noisy(3000, 1)
+    customers = np.arange(len(y))
+    folds = models.customer_folds(customers, 5, seed=0)
+    overfit = {"num_leaves": 63, "min_data_in_leaf": 5, "learning_rate": 0.3}
+    stage = models.fit_stage_head(
+        X, y, folds, X, y, n_classes=3, seed=0, max_rounds=200, params=overfit
+    )
+    logits = np.asarray(stage.booster.predict(X_new, raw_score=True)).reshape(-1, 3)
+    raw_loss = log_loss(y_new, softmax(logits), labels=[0, 1, 2])
+    assert log_loss(y_new, softmax(logits / stage.temperature), labels=[0, 1, 2]) < raw_loss
+    # fitted on in-sample logits the temperature would be far lower: the booster is
+    # sure of rows it was trained on
+    in_sample = np.asarray(stage.booster.predict(X, raw_score=True)).reshape(-1, 3)
+    assert models.fit_temperature(in_sample, y) < stage.temperature
+
+    churn_y, churn_new = (y == 0).astype(int), (y_new == 0).astype(int)
+    churn = models.fit_churn_head(
+        X, churn_y, folds, X, churn_y, seed=0, max_rounds=200, params=overfit
+    )
+    margin = np.asarray(churn.booster.predict(X_new, raw_score=True))
+    a, b = churn.platt
+    assert log_loss(churn_new, sigmoid(a * margin + b)) < log_loss(churn_new, sigmoid(margin))

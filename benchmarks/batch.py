@@ -142,7 +142,6 @@ def score_argv(events: Path, out: Path, chunk_customers: int) -> list[str]:
 IN_MEMORY = textwrap.dedent(
     """
     import sys
-    from customer_lifecycle.features.engine import build_features
     from customer_lifecycle.features.events import load_events
     from customer_lifecycle.features.sink import write_atomic
     from customer_lifecycle.scoring.pyfunc import load_bundle
@@ -150,7 +149,7 @@ IN_MEMORY = textwrap.dedent(
     events_path, model, as_of, out = sys.argv[1:5]
     bundle = load_bundle(model)
     events, _ = load_events(events_path)
-    feats = build_features(events, as_of=as_of, definition=bundle.definition)
+    feats = bundle.build_features(events, as_of=as_of)
     del events
     write_atomic(bundle.predict_features(feats), out)
     print(f"scored {len(feats):,} customers")

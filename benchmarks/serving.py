@@ -721,7 +721,6 @@ def payloads(
     model: str, events_per_customer: int
 ) -> tuple[dict[str, Any], dict[str, float | None]]:
     """One customer with ``events_per_customer`` events (JSON body) and their features."""
-    from customer_lifecycle.features.engine import build_features
     from customer_lifecycle.scoring.pyfunc import load_bundle
     from customer_lifecycle.simulator import write_dataset
 
@@ -759,7 +758,7 @@ def payloads(
             }
         ],
     }
-    feats = build_features(rows, as_of=AS_OF, definition=bundle.definition).iloc[0]
+    feats = bundle.build_features(rows, as_of=AS_OF).iloc[0]
     return body, {str(k): (None if math.isnan(v) else float(v)) for k, v in feats.items()}
 
 

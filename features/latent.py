@@ -47,7 +47,7 @@ from customer_lifecycle.features.contract import (
     TIMESTAMP,
     parse_as_of,
 )
-from customer_lifecycle.features.definition import DAY_NS
+from customer_lifecycle.features.definition import DAY_NS, FeatureDefinition
 from customer_lifecycle.features.engine import (
     _as_categorical,
     _as_ns,
@@ -55,6 +55,7 @@ from customer_lifecycle.features.engine import (
     _group_by_customer,
     _snapshot_arrays,
     _sort_within_customers,
+    build_features,
 )
 
 PARAMS_FORMAT = "customer_lifecycle.latent/1"
@@ -71,7 +72,63 @@ MAX_EVENT_TYPES = 256
 _TABLE_DAYS = 64
 _BINARY_POWERS = 32  # 2**31 days covers every int64-nanosecond history
 _RECENT_DAYS = 30  # window of the initial rates
+#: The filter reads an event at most this long before ``as_of`` (2**62 ns, about 146
+#: years) as that old: ``as_of - t`` of two extreme int64 times overflows, and the
+#: day numbers index the silent-run tables.
+_MAX_AGE_NS = 2**62
+_MIN_NS = -(2**63)
 _TINY = 1e-300
+
+
+# -- model features ----------------------------------------------------------------------
+
+
+def model_features(
+    events: pd.DataFrame,
+    *,
+    definition: FeatureDefinition,
+    latent: LatentFilter | None,
+    as_of: object = None,
+    snapshots: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The features a model scores: the definition's, then the latent columns.
+
+    Parameters
+    ----------
+    events
+        Event frame, as for :func:`features.engine.build_features`.
+    definition
+        The feature definition.
+    latent
+        The latent filter; ``None`` gives exactly ``build_features``' frame.
+    as_of, snapshots
+        Exactly one, as for :func:`features.engine.build_features`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``build_features``' frame (same index, same row order) with
+        ``latent.feature_names`` appended; latent values are NaN for a snapshot whose
+        customer has no event before its ``as_of``.
+    """
+    feats = build_features(events, as_of=as_of, snapshots=snapshots, definition=definition)
+    if latent is None:
+        return feats
+    # a fitted estimator around the caller's filter: building another would redo its tables
+    est = LatentStateFeatures(n_states=latent.params.n_states, horizon_days=latent.horizon_days)
+    est.params_ = latent.params
+    est.filter_ = latent
+    lat = est.transform(events, as_of=as_of, snapshots=snapshots)
+    clash = [c for c in lat.columns if c in feats.columns]
+    if clash:
+        raise ValueError(f"the feature definition already has a column named {clash[0]!r}")
+    # Both frames follow the same rows (sorted customers, or the snapshots in order);
+    # the index is compared rather than trusted.
+    values = (
+        lat.to_numpy() if lat.index.equals(feats.index) else lat.reindex(feats.index).to_numpy()
+    )
+    extra = pd.DataFrame(values, columns=lat.columns, index=feats.index, copy=False)
+    return pd.concat([feats, extra], axis=1)
 
 
 # -- parameters --------------------------------------------------------------------------
@@ -298,6 +355,26 @@ class LatentFilter:
         if self.params.quiet_states:
             names.append("latent_p_quiet")
         return names
+
+    def describe(self) -> list[tuple[str, str]]:
+        """``(name, description)`` of each output column, in order."""
+        out = [
+            (
+                f"latent_state_{k}",
+                f"Filtered probability of latent state {k} ({name}) on the day before as_of.",
+            )
+            for k, name in enumerate(self.params.state_names)
+        ]
+        out.append(("latent_log_activity", "Posterior mean log activity multiplier."))
+        out.append(
+            (
+                f"latent_p_silent_{self.horizon_days}",
+                f"Probability of no event at all in the {self.horizon_days} days from as_of on.",
+            )
+        )
+        if self.params.quiet_states:
+            out.append(("latent_p_quiet", "Filtered probability of a quiet latent state."))
+        return out
 
     def type_columns(self, type_names: Sequence[str]) -> np.ndarray:
         """Rate column of each of ``type_names`` (``other`` for types outside the vocabulary)."""
@@ -586,14 +663,18 @@ def _filter_rows(  # type: ignore[no-untyped-def]  # noqa: PLR0913
         prop = np.empty(k)
         es = np.empty(k)
         s = np.zeros(k)
+        # Events older than _MAX_AGE_NS are read at that age: the differences below
+        # stay in int64 (it saturates at its least value, where nothing is older).
+        lo = as_of - _MAX_AGE_NS if as_of >= _MIN_NS + _MAX_AGE_NS else _MIN_NS
         # arrival day: the first event's type, then the rest of that day's events over
         # the part of the day after the first event
-        d_prev = (as_of - t[e0] - 1) // day
-        expo = (as_of - d_prev * day - t[e0]) / day
+        t0 = max(t[e0], lo)
+        d_prev = (as_of - t0 - 1) // day
+        expo = (as_of - d_prev * day - t0) / day
         f = col[e0]
         i = e0 + 1
         n = 0
-        while i < stop and (as_of - t[i] - 1) // day == d_prev:
+        while i < stop and (as_of - max(t[i], lo) - 1) // day == d_prev:
             lr = log_rates[col[i]]
             for j in range(k):  # an explicit loop: `s += row` would allocate per event
                 s[j] += lr[j]
@@ -617,10 +698,10 @@ def _filter_rows(  # type: ignore[no-untyped-def]  # noqa: PLR0913
         acc = np.ones(n_l)
         n_days = 0
         while i < stop:
-            d = (as_of - t[i] - 1) // day
+            d = (as_of - max(t[i], lo) - 1) // day
             s[:] = 0.0
             n = 0
-            while i < stop and (as_of - t[i] - 1) // day == d:
+            while i < stop and (as_of - max(t[i], lo) - 1) // day == d:
                 lr = log_rates[col[i]]
                 for j in range(k):
                     s[j] += lr[j]
@@ -1298,4 +1379,5 @@ __all__ = [
     "LatentParams",
     "LatentStateFeatures",
     "forecast_states",
+    "model_features",
 ]

@@ -3,8 +3,9 @@
 :func:`score_file` (``lifecycle score``) never holds the whole log: it runs
 :func:`features.streaming.stream_chunks`, which spills the log to disk by customer and
 hands over one chunk of whole customers' validated events at a time; each chunk's
-features are built with the model's own definition
-(:func:`features.engine.build_features`) and scored
+features are built with the model's own definition and latent model
+(:meth:`scoring.bundle.ModelBundle.build_features`: every feature, the latent ones
+included, depends on the customer's own events only) and scored
 (:meth:`scoring.bundle.ModelBundle.predict_features`), and the scores are appended to a
 temporary output file. Every value is bit for bit what the in-memory path (load the
 log, build features, score) gives.
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import pandas as pd
 from customer_lifecycle.features.contract import CUSTOMER_ID, parse_as_of
-from customer_lifecycle.features.engine import build_features
 from customer_lifecycle.features.mapping import EventMapping
 from customer_lifecycle.features.streaming import (
     DEFAULT_CHUNK_CUSTOMERS,
@@ -78,8 +78,10 @@ def score_file(
 ) -> tuple[pd.DataFrame | None, BatchSummary]:
     """Score every customer with an event before ``as_of``; write ``out`` atomically.
 
-    Columns: ``customer_id, stage, churn_probability, churn_risk, p_<stage>...``, one
-    row per customer, in chunks (sorted by ``customer_id`` within each chunk).
+    Columns: ``customer_id, stage, churn_probability, churn_risk, p_<stage>...`` and,
+    when the model has a stage forecast, ``p_next_<stage>...`` (the probability of each
+    stage ``horizon_days`` ahead), one row per customer, in chunks (sorted by
+    ``customer_id`` within each chunk).
 
     Parameters
     ----------
@@ -130,9 +132,7 @@ def score_file(
     bands = dict.fromkeys(RISK_BANDS, 0)
 
     def score(events: pd.DataFrame) -> pd.DataFrame:
-        scores = bundle.predict_features(
-            build_features(events, as_of=cutoff, definition=bundle.definition)
-        )
+        scores = bundle.predict_features(bundle.build_features(events, as_of=cutoff))
         for band, n in scores["churn_risk"].value_counts().items():
             bands[str(band)] += int(n)
         return scores

@@ -5,8 +5,13 @@ A bundle is a directory:
 ``bundle.json``
     Everything but the trees: format version, feature definition, stage names,
     feature columns, calibration (a temperature for the stage head, Platt
-    coefficients for the churn head), decision weights, risk thresholds, horizon
-    and training metadata. Plain JSON.
+    coefficients for the churn head), decision weights, risk thresholds, horizon,
+    training metadata and, optionally, the latent-stage model
+    (:class:`features.latent.LatentParams`, whose filtered state probabilities are
+    features of both heads) with the stage forecast matrix (``P(stage | latent
+    state)``, which turns the state distribution ``horizon_days`` ahead into
+    ``p_next_<stage>``). Plain JSON. Format 2; format 1 bundles (no latent model)
+    are still read.
 ``stage_model.txt``, ``churn_model.txt``
     LightGBM boosters in LightGBM's own text format.
 
@@ -28,7 +33,7 @@ import numpy as np
 import pandas as pd
 from customer_lifecycle.features.contract import CUSTOMER_ID
 from customer_lifecycle.features.definition import FeatureDefinition, definition_from_dict
-from customer_lifecycle.features.engine import build_features
+from customer_lifecycle.features.latent import LatentFilter, LatentParams, model_features
 from customer_lifecycle.scoring.trees import TreeEnsemble
 from pydantic import (
     BaseModel,
@@ -39,7 +44,11 @@ from pydantic import (
     model_validator,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Formats :meth:`ModelBundle.load` reads (format 1 has no latent model).
+READABLE_FORMATS = (1, 2)
+#: Prefix of the forecast columns ``p_next_<stage>``.
+NEXT_PREFIX = "p_next_"
 BUNDLE_FILE = "bundle.json"
 STAGE_FILE = "stage_model.txt"
 CHURN_FILE = "churn_model.txt"
@@ -73,6 +82,14 @@ class ModelBundle:
         p >= high_from, medium in between.
     metadata
         Free-form training facts (run id, data summary); JSON only.
+    latent
+        The fitted latent-stage model, or ``None``; its filter's columns
+        (:attr:`features.latent.LatentFilter.feature_names`, horizon ``horizon_days``)
+        follow the definition's among the heads' features.
+    stage_forecast
+        ``(n_states, len(stages))``: row ``k`` is ``P(stage | latent state k)``, rows sum
+        to 1; with it, the scores carry ``p_next_<stage>``, the probability of each stage
+        ``horizon_days`` ahead. Requires ``latent``.
     """
 
     definition: FeatureDefinition
@@ -85,6 +102,8 @@ class ModelBundle:
     horizon_days: int = 90
     risk_thresholds: tuple[float, float] = (0.3, 0.6)
     metadata: dict[str, Any] = field(default_factory=dict)
+    latent: LatentParams | None = None
+    stage_forecast: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.stage_weights:
@@ -92,7 +111,24 @@ class ModelBundle:
         low, high = self.risk_thresholds
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError("risk thresholds must satisfy 0 <= low <= high <= 1")
-        self._features = self.definition.feature_names()
+        if self.latent is not None and not isinstance(self.latent, LatentParams):
+            raise ValueError("latent must be LatentParams or None")
+        if self.stage_forecast is not None:
+            if self.latent is None:
+                raise ValueError("a stage forecast needs the latent model it maps from")
+            self.stage_forecast = _check_forecast(
+                self.stage_forecast, self.latent.n_states, len(self.stages)
+            )
+        latent_names = [] if self.latent_filter is None else self.latent_filter.feature_names
+        self._n_definition = len(self.definition.feature_names())
+        self._features = [*self.definition.feature_names(), *latent_names]
+        if len(set(self._features)) != len(self._features):
+            raise ValueError("the latent columns clash with the definition's feature names")
+        # p_next_<stage> must never read as the probability of a stage next_<stage>
+        # (the score store tells stages from forecasts by that rule)
+        clash = [s for s in self.stages if s.startswith("next_") and s[5:] in self.stages]
+        if clash:
+            raise ValueError(f"stage name {clash[0]!r} would clash with a forecast column")
 
     @functools.cached_property
     def stage_trees(self) -> TreeEnsemble:
@@ -104,15 +140,53 @@ class ModelBundle:
         """The churn head flattened for the tree kernels (set by :meth:`load`, checked)."""
         return TreeEnsemble.from_booster(self.churn_booster)
 
+    @functools.cached_property
+    def latent_filter(self) -> LatentFilter | None:
+        """The forward filter of :attr:`latent` at horizon :attr:`horizon_days`, or None."""
+        if self.latent is None:
+            return None
+        return LatentFilter(self.latent, horizon_days=self.horizon_days)
+
+    @functools.cached_property
+    def _state_to_stage(self) -> np.ndarray | None:
+        """``A^horizon_days @ C``: filtered latent state to stage ``horizon_days`` ahead."""
+        if self.stage_forecast is None or self.latent is None:
+            return None
+        a_h = np.linalg.matrix_power(self.latent.transitions, self.horizon_days)
+        return np.ascontiguousarray(a_h @ np.asarray(self.stage_forecast, dtype=np.float64))
+
     @property
     def feature_names(self) -> list[str]:
-        """Input columns of both heads, in order."""
+        """Input columns of both heads, in order: the definition's, then the latent ones."""
         return list(self._features)
+
+    @property
+    def forecasts(self) -> bool:
+        """Whether the scores carry ``p_next_<stage>`` (the bundle has a stage forecast)."""
+        return self.stage_forecast is not None
 
     @property
     def output_columns(self) -> list[str]:
         """Columns of :meth:`predict_features` after ``customer_id``."""
-        return ["stage", "churn_probability", "churn_risk", *[f"p_{s}" for s in self.stages]]
+        columns = ["stage", "churn_probability", "churn_risk", *[f"p_{s}" for s in self.stages]]
+        if self.forecasts:
+            columns += [f"{NEXT_PREFIX}{s}" for s in self.stages]
+        return columns
+
+    def build_features(
+        self, events: pd.DataFrame, *, as_of: object = None, snapshots: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        """The heads' features from events: the definition's, then the latent columns.
+
+        See :func:`features.latent.model_features`; columns are :attr:`feature_names`.
+        """
+        return model_features(
+            events,
+            definition=self.definition,
+            latent=self.latent_filter,
+            as_of=as_of,
+            snapshots=snapshots,
+        )
 
     # -- scoring -------------------------------------------------------------------------
     def stage_proba(self, X: np.ndarray) -> np.ndarray:
@@ -157,24 +231,58 @@ class ModelBundle:
         low, high = self.risk_thresholds
         return np.asarray(RISK_BANDS, dtype=object)[(p >= low).astype(int) + (p >= high)]
 
+    def next_stage_proba(self, X: np.ndarray) -> np.ndarray | None:
+        """Probability of each stage ``horizon_days`` ahead, or None without a forecast.
+
+        Parameters
+        ----------
+        X
+            Feature matrix in :attr:`feature_names` order.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            ``(n, len(stages))``: ``forecast_states(latent states, latent,
+            horizon_days) @ stage_forecast``; NaN rows where the latent columns are NaN
+            (no event before ``as_of``).
+        """
+        m = self._state_to_stage
+        if m is None:
+            return None
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self._features):
+            raise ValueError(f"X must have shape (n, {len(self._features)})")
+        # the latent_state_<k> columns come first among the latent ones
+        states = X[:, self._n_definition : self._n_definition + m.shape[0]]
+        return states @ m
+
     def predict_matrix(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw outputs for a feature matrix in :attr:`feature_names` order."""
+        """Raw outputs for a feature matrix in :attr:`feature_names` order.
+
+        Keys ``stage``, ``stage_proba``, ``churn_probability``, ``churn_risk`` and, when
+        the bundle has a stage forecast, ``next_stage_proba``.
+        """
         proba = self.stage_proba(X)
         pick = np.argmax(proba * np.asarray(self.stage_weights), axis=1)
         churn = self.churn_proba(X)
-        return {
+        out = {
             "stage": np.asarray(self.stages, dtype=object)[pick],
             "stage_proba": proba,
             "churn_probability": churn,
             "churn_risk": self.risk_band(churn),
         }
+        forecast = self.next_stage_proba(X)
+        if forecast is not None:
+            out["next_stage_proba"] = forecast
+        return out
 
     def predict_features(self, features: pd.DataFrame) -> pd.DataFrame:
         """Score precomputed features (one row per customer).
 
         ``features`` must hold every column of :attr:`feature_names`; extra columns are
         ignored. Customer ids come from a ``customer_id`` column or the index. Returns
-        ``customer_id, stage, churn_probability, churn_risk, p_<stage>...``.
+        ``customer_id, stage, churn_probability, churn_risk, p_<stage>...`` and, when the
+        bundle has a stage forecast, ``p_next_<stage>...``.
         """
         missing = [c for c in self._features if c not in features.columns]
         if missing:
@@ -199,12 +307,14 @@ class ModelBundle:
         )
         for k, stage in enumerate(self.stages):
             frame[f"p_{stage}"] = out["stage_proba"][:, k]
+        if "next_stage_proba" in out:
+            for k, stage in enumerate(self.stages):
+                frame[f"{NEXT_PREFIX}{stage}"] = out["next_stage_proba"][:, k]
         return frame
 
     def predict_events(self, events: pd.DataFrame, *, as_of: object) -> pd.DataFrame:
-        """Build features at ``as_of`` with the bundle's definition, then score them."""
-        feats = build_features(events, as_of=as_of, definition=self.definition)
-        return self.predict_features(feats)
+        """Build features at ``as_of`` (:meth:`build_features`), then score them."""
+        return self.predict_features(self.build_features(events, as_of=as_of))
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -224,6 +334,10 @@ class ModelBundle:
             "horizon_days": self.horizon_days,
             "risk_thresholds": list(self.risk_thresholds),
             "metadata": self.metadata,
+            "latent": None if self.latent is None else self.latent.to_dict(),
+            "stage_forecast": None
+            if self.stage_forecast is None
+            else [list(row) for row in self.stage_forecast],
         }
         (path / BUNDLE_FILE).write_text(json.dumps(doc, indent=2, default=_json_default))
         return path
@@ -237,7 +351,10 @@ class ModelBundle:
         weight per stage, ordered thresholds), each tree file by the strict reader of
         :class:`~customer_lifecycle.scoring.trees.TreeEnsemble` (LightGBM's own parser
         aborts the process on some malformed files; it only sees text that passed),
-        the heads' shapes against the stages and feature columns, and finally a
+        the latent model by :meth:`features.latent.LatentParams.from_dict` and the stage
+        forecast (shape, finite, rows summing to 1), the feature columns (the
+        definition's, then the latent filter's), the heads' shapes against the stages
+        and feature columns, and finally a
         self-check: LightGBM and the flattened trees must give the same raw scores on
         a probe. Any failure is a ``ValueError`` of one line naming the bundle.
         """
@@ -246,16 +363,25 @@ class ModelBundle:
             doc = _read_document(path)
             definition = definition_from_dict(doc.definition, source=str(path / BUNDLE_FILE))
             stages = tuple(doc.stages)
+            latent = None if doc.latent is None else LatentParams.from_dict(doc.latent)
+            forecast = None
+            if doc.stage_forecast is not None:
+                if latent is None:
+                    raise ValueError("stage_forecast without a latent model")
+                forecast = _check_forecast(doc.stage_forecast, latent.n_states, len(stages))
             features = definition.feature_names()
+            if latent is not None:
+                features += LatentFilter(latent, horizon_days=doc.horizon_days).feature_names
             if features != doc.feature_names:
-                raise ValueError("feature names do not match the stored definition")
+                what = "definition and latent model" if latent is not None else "definition"
+                raise ValueError(f"feature names do not match the stored {what}")
             stage_booster, stage_trees = _read_head(path / STAGE_FILE, "stage", len(stages))
             churn_booster, churn_trees = _read_head(path / CHURN_FILE, "churn", 1)
             for head, trees in (("stage", stage_trees), ("churn", churn_trees)):
                 if trees.num_features != len(features):
                     raise ValueError(
                         f"the {head} head takes {trees.num_features} features, "
-                        f"the definition has {len(features)}"
+                        f"the bundle has {len(features)}"
                     )
             bundle = cls(
                 definition=definition,
@@ -268,6 +394,8 @@ class ModelBundle:
                 horizon_days=doc.horizon_days,
                 risk_thresholds=doc.risk_thresholds,
                 metadata=doc.metadata,
+                latent=latent,
+                stage_forecast=forecast,
             )
         except ValueError as exc:
             raise ValueError(f"model bundle {path} is refused: {exc}") from None
@@ -292,9 +420,13 @@ class BundleDocument(BaseModel):
     horizon_days: int = Field(ge=1)
     risk_thresholds: tuple[float, float]
     metadata: dict[str, Any] = Field(default_factory=dict)
+    latent: dict[str, Any] | None = None
+    stage_forecast: list[list[float]] | None = Field(default=None, max_length=64)
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleDocument:
+        if self.format_version < 2 and (self.latent is not None or self.stage_forecast):
+            raise ValueError("a format 1 bundle cannot hold a latent model")
         if len(set(self.stages)) != len(self.stages):
             raise ValueError("stage names must be unique")
         if len(self.stage_weights) != len(self.stages):
@@ -316,10 +448,11 @@ def _read_document(path: Path) -> BundleDocument:
         raise ValueError(f"{BUNDLE_FILE} is not JSON ({type(exc).__name__})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{BUNDLE_FILE} must hold a JSON object")
-    if raw.get("format_version") != FORMAT_VERSION:
+    version = raw.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_FORMATS:
         raise ValueError(
-            f"format {raw.get('format_version')!r} is not supported "
-            f"(this version reads format {FORMAT_VERSION})"
+            f"format {version!r} is not supported "
+            f"(this version reads formats {', '.join(map(str, READABLE_FORMATS))})"
         )
     try:
         return BundleDocument.model_validate(raw)
@@ -351,6 +484,25 @@ def _read_head(file: Path, head: str, outputs: int) -> tuple[lgb.Booster, TreeEn
     if not np.allclose(trees.raw_scores(probe), expected.reshape(len(probe), -1), atol=1e-9):
         raise ValueError(f"the {head} head's trees do not reproduce LightGBM's scores")
     return booster, trees
+
+
+def _check_forecast(value: object, n_states: int, n_stages: int) -> tuple[tuple[float, ...], ...]:
+    """The stage forecast as a tuple of rows, refused in one line unless it is a
+    ``(n_states, n_stages)`` matrix of finite non-negative numbers, rows summing to 1."""
+    try:
+        c = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("stage_forecast is not a matrix of numbers") from None
+    if c.shape != (n_states, n_stages):
+        raise ValueError(
+            f"stage_forecast has shape {c.shape}, expected ({n_states}, {n_stages}) "
+            "(latent states, stages)"
+        )
+    if not np.isfinite(c).all() or (c < 0).any():
+        raise ValueError("stage_forecast must hold finite non-negative probabilities")
+    if (np.abs(c.sum(axis=1) - 1.0) > 1e-6).any():
+        raise ValueError("stage_forecast rows must sum to 1 (within 1e-6)")
+    return tuple(tuple(float(x) for x in row) for row in c)
 
 
 def tree_probe(features: int) -> np.ndarray:

@@ -1,7 +1,11 @@
 """Batch scoring on Spark: features from the definition in Spark SQL, then the model.
 
 :func:`score_spark` builds features with :func:`features.spark_engine.build_features_spark`
-(the model's own definition) and scores them with a pandas UDF (``mapInPandas``) over
+(the model's own definition); when the model has a latent model, its columns are
+computed per customer by the same :class:`features.latent.LatentFilter` the local path
+runs (:func:`latent_features_spark`: each customer's events gathered into arrays, the
+filter run on a batch of whole customers in a pandas UDF) and joined on
+``customer_id``. The features are then scored with a pandas UDF (``mapInPandas``) over
 :meth:`scoring.bundle.ModelBundle.predict_features`, the code the MLflow pyfunc runs. The
 bundle reaches the executors as its files (JSON and LightGBM text, shipped with
 ``SparkContext.addFile``) and is read there with :meth:`ModelBundle.load`: nothing is
@@ -13,16 +17,26 @@ The same artifact also works with ``mlflow.pyfunc.spark_udf`` on a frame of feat
 
 from __future__ import annotations
 
+import functools
+import json
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
-from customer_lifecycle.features.contract import CUSTOMER_ID
+from customer_lifecycle.features.contract import (
+    CUSTOMER_ID,
+    EVENT_TYPE,
+    TIMESTAMP,
+    parse_as_of,
+)
+from customer_lifecycle.features.latent import LatentFilter, LatentParams
 from customer_lifecycle.features.mapping import EventMapping
 from customer_lifecycle.features.spark_engine import (
+    _nanos,
     build_features_spark,
     check_spark_paths,
     load_events_spark,
@@ -39,13 +53,97 @@ if TYPE_CHECKING:
 _BUNDLE_DIR = "lifecycle-bundle"
 
 
+@functools.lru_cache(maxsize=4)
+def _latent_filter(params_json: str, horizon_days: int) -> LatentFilter:
+    """One filter per model and executor process (its tables cost a few milliseconds)."""
+    return LatentFilter(LatentParams.from_dict(json.loads(params_json)), horizon_days=horizon_days)
+
+
+def latent_features_spark(
+    events_df: DataFrame, *, latent: LatentFilter, as_of: object
+) -> DataFrame:
+    """The latent columns of every customer with an event before ``as_of``, on Spark.
+
+    Parameters
+    ----------
+    events_df
+        Events with ``customer_id``, ``timestamp`` and ``event_type`` (the timestamp
+        forms of :func:`features.spark_engine.build_features_spark`); rows with a missing
+        id, type or time are ignored, as there.
+    latent
+        The filter; its parameters travel to the executors as JSON text.
+    as_of
+        The point in time; only events strictly before it are read.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        ``customer_id`` then ``latent.feature_names``, all ``double``, one row per
+        customer (in no particular order): the values of
+        :meth:`features.latent.LatentFilter.matrix` on the customer's events.
+    """
+    from pyspark.sql import functions as F
+
+    cutoff = int(parse_as_of(as_of).as_unit("ns").value)
+    for col in (CUSTOMER_ID, TIMESTAMP, EVENT_TYPE):
+        if col not in events_df.columns:
+            raise ValueError(f"events are missing the required column {col!r}")
+    params_json = json.dumps(latent.params.to_dict())
+    horizon = latent.horizon_days
+    names = latent.feature_names
+    ev = events_df.select(
+        F.col(CUSTOMER_ID).cast("string").alias("cid"),
+        _nanos(events_df, TIMESTAMP).alias("t"),
+        F.col(EVENT_TYPE).cast("string").alias("et"),
+    ).where(
+        F.col("cid").isNotNull()
+        & F.col("et").isNotNull()
+        & F.col("t").isNotNull()
+        & (F.col("t") < F.lit(cutoff))
+    )
+    # Each customer's events become two arrays in one row, so that a batch of the UDF
+    # holds whole customers and the filter runs once per batch, not once per customer.
+    # One list of (t, et) pairs, then its two fields: two lists would not be aligned.
+    grouped = (
+        ev.groupBy("cid")
+        .agg(F.collect_list(F.struct("t", "et")).alias("ev"))
+        .select("cid", F.col("ev.t").alias("t"), F.col("ev.et").alias("et"))
+    )
+    schema = ", ".join([f"`{CUSTOMER_ID}` string", *[f"`{n}` double" for n in names]])
+
+    def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        filt = _latent_filter(params_json, horizon)
+        for frame in frames:
+            n = len(frame)
+            if not n:
+                continue
+            counts = frame["t"].map(len).to_numpy(dtype=np.int64)
+            t_ns = np.concatenate([np.asarray(x, dtype=np.int64) for x in frame["t"]])
+            types = np.concatenate([np.asarray(x, dtype=object) for x in frame["et"]])
+            codes, type_names = pd.factorize(types, sort=True)
+            values = filt.matrix(
+                np.repeat(np.arange(n, dtype=np.int64), counts),
+                t_ns,
+                codes,
+                n_customers=n,
+                type_names=[str(x) for x in type_names],
+                as_of_ns=cutoff,
+            )
+            out = pd.DataFrame(values, columns=names)
+            out.insert(0, CUSTOMER_ID, frame["cid"].astype(str).to_numpy())
+            yield out
+
+    return grouped.mapInPandas(run, schema=schema)
+
+
 def score_spark(
     events_df: DataFrame, *, bundle: ModelBundle, as_of: object, bundle_dir: str | Path
 ) -> DataFrame:
     """Scores of every customer with an event before ``as_of``, as a Spark DataFrame.
 
     ``bundle_dir`` is where ``bundle`` was saved; it is shipped to the executors. Columns:
-    ``customer_id, stage, churn_probability, churn_risk, p_<stage>...``.
+    ``customer_id, stage, churn_probability, churn_risk, p_<stage>...`` and, when the
+    bundle has a stage forecast, ``p_next_<stage>...``.
     """
     from pyspark import SparkFiles
 
@@ -53,10 +151,14 @@ def score_spark(
     spark.sparkContext.addFile(str(bundle_dir), recursive=True)
     name = Path(bundle_dir).name
     feats = build_features_spark(events_df, as_of=as_of, definition=bundle.definition)
+    if bundle.latent_filter is not None:
+        latent = latent_features_spark(events_df, latent=bundle.latent_filter, as_of=as_of)
+        # both have a row for exactly the customers with an event before as_of
+        feats = feats.join(latent, on=CUSTOMER_ID, how="left")
     schema = ", ".join(
         [f"`{CUSTOMER_ID}` string", "stage string", "churn_probability double"]
         + ["churn_risk string"]
-        + [f"`p_{s}` double" for s in bundle.stages]
+        + [f"`{c}` double" for c in bundle.output_columns[3:]]
     )
 
     def predict(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -106,4 +208,4 @@ def score_parquet(
     return spark.read.parquet(str(out)).count(), summary
 
 
-__all__ = ["score_parquet", "score_spark"]
+__all__ = ["latent_features_spark", "score_parquet", "score_spark"]

@@ -7,8 +7,9 @@ a newer one is swapped in.
 
 Per request, events become NumPy arrays in one pass over the parsed body and the
 feature engine's array entry point (:func:`features.engine.feature_matrix`, no pandas)
-runs once for all customers. Both heads are then evaluated by
-:class:`scoring.trees.TreeEnsemble`: the bundle's own flattened heads
+runs once for all customers, and so does the latent filter
+(:meth:`features.latent.LatentFilter.matrix`) when the model has a latent model. Both
+heads are then evaluated by :class:`scoring.trees.TreeEnsemble`: the bundle's own flattened heads
 (:attr:`scoring.bundle.ModelBundle.stage_trees` and ``churn_trees``, which
 :meth:`~scoring.bundle.ModelBundle.load` has checked to reproduce LightGBM's raw scores),
 arrays walked by compiled kernels: every stage's
@@ -107,6 +108,8 @@ class ServedModel:
         (a bundle built in memory, not loaded, is flattened here).
         """
         described = dict(bundle.definition.describe())
+        if bundle.latent_filter is not None:
+            described.update(bundle.latent_filter.describe())
         names = tuple(bundle.feature_names)
         table = playbook.resolve(bundle.stages)
         actions = {
@@ -187,16 +190,25 @@ class ServedModel:
         numba.set_num_threads(1)
         # Rows are customer entries in request order, an entry without any event before
         # as_of included (the features of an empty history).
-        return feature_matrix(
-            np.repeat(np.arange(n), counts),
+        entries = np.repeat(np.arange(n), counts)
+        as_of_ns = (as_of - _EPOCH) // _MICROSECOND * 1000
+        X = feature_matrix(
+            entries,
             nanos,
             codes,
             amount,
             n_customers=n,
             type_names=_EVENT_TYPES,
-            as_of_ns=(as_of - _EPOCH) // _MICROSECOND * 1000,
+            as_of_ns=as_of_ns,
             definition=self.bundle.definition,
         )
+        latent = self.bundle.latent_filter
+        if latent is None:
+            return X
+        states = latent.matrix(
+            entries, nanos, codes, n_customers=n, type_names=_EVENT_TYPES, as_of_ns=as_of_ns
+        )
+        return np.concatenate([X, states], axis=1)
 
     def score_matrix(self, ids: Sequence[str], X: np.ndarray) -> list[Score]:
         """Scores, reasons and actions for a feature matrix in :attr:`feature_names` order."""
@@ -227,6 +239,16 @@ class ServedModel:
         top_churn = top_contributions(churn_contrib, self.reasons)
 
         stages = self._stage_names
+        forecast = bundle.next_stage_proba(X)
+        # A customer without history has NaN latent columns: no forecast (null).
+        next_list: list[dict[str, float] | None] = (
+            [None] * n
+            if forecast is None
+            else [
+                None if row != row else dict(zip(bundle.stages, p, strict=True))
+                for p, row in zip(forecast.tolist(), forecast.sum(axis=1).tolist(), strict=True)
+            ]
+        )
         proba_list = proba.tolist()
         churn_list = churn.tolist()
         scores: list[Score] = []
@@ -238,6 +260,7 @@ class ServedModel:
                     customer_id=ids[i],
                     stage=stage,
                     stage_probabilities=dict(zip(bundle.stages, proba_list[i], strict=True)),
+                    next_stage_probabilities=next_list[i],
                     churn_probability=churn_list[i],
                     churn_risk=band,
                     reasons=Reasons.model_construct(

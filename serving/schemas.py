@@ -275,6 +275,12 @@ class Score(BaseModel):
     customer_id: str
     stage: str
     stage_probabilities: dict[str, float]
+    next_stage_probabilities: dict[str, float] | None = Field(
+        default=None,
+        description="Probability of each stage horizon_days ahead (GET /v1/model), from the "
+        "model's latent-stage forecast; null when the model has no forecast or the "
+        "customer has no history before as_of.",
+    )
     churn_probability: float = Field(ge=0, le=1)
     churn_risk: Literal["low", "medium", "high"]
     reasons: Reasons
@@ -309,7 +315,14 @@ class ModelInfo(BaseModel):
     stages: list[str]
     feature_count: int
     feature_names: list[str]
-    horizon_days: int
+    horizon_days: int = Field(
+        description="Churn horizon; also the horizon of next_stage_probabilities."
+    )
+    forecasts_stages: bool = Field(
+        default=False,
+        description="Whether scores carry next_stage_probabilities (the model has a "
+        "latent-stage forecast, horizon_days ahead).",
+    )
     risk_thresholds: RiskThresholds
     reasons_method: Literal["path", "treeshap"] = Field(
         description="How the reasons' contributions are attributed: path attributions "

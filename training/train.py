@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from customer_lifecycle.features.contract import CUSTOMER_ID, parse_as_of, parse
 from customer_lifecycle.features.definition import FeatureDefinition, load_definition
 from customer_lifecycle.features.engine import build_features
 from customer_lifecycle.features.events import load_events
+from customer_lifecycle.features.latent import LatentFilter, LatentStateFeatures, model_features
 from customer_lifecycle.features.mapping import load_mapping
 from customer_lifecycle.features.taxonomy import Taxonomy, load_taxonomy
 from customer_lifecycle.scoring.bundle import ModelBundle
@@ -62,6 +64,7 @@ class TrainConfig:
     qualifying: str = "any"
     validation_fraction: float = 0.2
     cv_folds: int | str = "auto"
+    latent_states: bool = True
     seed: int = 0
     risk_thresholds: tuple[float, float] = (0.3, 0.6)
     max_rounds: int = 2000
@@ -215,6 +218,9 @@ def train(
             stages=taxonomy.stages,
         )
     )
+    latent: LatentStateFeatures | None = None
+    if config.latent_states:
+        examples, latent = add_latent_states(events, examples, labels, config, say=say)
     fit_ex, valid_ex, split_kind = split_examples(examples, config)
     n_folds = config.folds_for(len(fit_ex.stage))
     folds = models.customer_folds(fit_ex.keys[CUSTOMER_ID], n_folds, config.seed)
@@ -244,7 +250,7 @@ def train(
         X_all,
         examples.churn,
         seed=config.seed,
-        feature_names=definition.feature_names(),
+        feature_names=list(examples.X.columns),
         max_rounds=config.max_rounds,
         params=config.lgb_params,
     )
@@ -270,6 +276,12 @@ def train(
         churn_platt=churn_head.platt,
         horizon_days=config.horizon_days,
         risk_thresholds=config.risk_thresholds,
+        latent=None if latent is None else latent.params_,
+        stage_forecast=(
+            None
+            if latent is None
+            else stage_forecast_matrix(fit_ex, latent.params_.n_states, len(taxonomy.stages))
+        ),
         metadata={
             "label_source": label_source,
             "qualifying": config.qualifying,
@@ -345,7 +357,7 @@ def train(
     promoted = False
     if register and version and promote_if_better:
         promoted = _promote_if_better(
-            register, str(version), held_out_model, valid_ex, taxonomy, say
+            register, str(version), held_out_model, valid_ex, taxonomy, say, events=events
         )
     return TrainResult(
         run.info.run_id,
@@ -411,14 +423,17 @@ def build_examples(
     taxonomy: Taxonomy,
     definition: FeatureDefinition,
     config: TrainConfig,
+    *,
+    latent: LatentFilter | None = None,
 ) -> tuple[Examples, int]:
     """Features at each label's as_of (events strictly before it) and both targets.
 
-    Snapshots whose customer has no event before ``as_of`` carry no information and are
-    left out; their number is returned.
+    With ``latent`` (a fitted model's filter), its latent-state columns follow the
+    definition's. Snapshots whose customer has no event before ``as_of`` carry no
+    information and are left out; their number is returned.
     """
     keys = labels[[CUSTOMER_ID, "as_of"]].reset_index(drop=True)
-    X = build_features(events, snapshots=keys, definition=definition)
+    X = model_features(events, definition=definition, latent=latent, snapshots=keys)
     known = X["count_all_all"].to_numpy() > 0
     if not known.any():
         example = labels[CUSTOMER_ID].iloc[0]
@@ -436,6 +451,56 @@ def build_examples(
     stage = np.array([taxonomy.stages.index(s) for s in labels["stage"]], dtype=np.int64)
     ex = Examples(keys, X, stage, churn)
     return ex.take(known), int((~known).sum())
+
+
+def add_latent_states(
+    events: pd.DataFrame,
+    examples: Examples,
+    labels: pd.DataFrame,
+    config: TrainConfig,
+    *,
+    say: Say = print,
+) -> tuple[Examples, LatentStateFeatures]:
+    """Fit the latent-stage HMM and append its filtered state features to ``examples``.
+
+    EM runs on every labelled customer's event sequence up to its latest snapshot
+    (labels only initialise the states, one active and one quiet per stage). Only the
+    labels of customers outside the validation part are used for that, so validation
+    stays unseen; the split is recomputed with the same seed and gives the same parts.
+    """
+    _, valid_ex, _ = split_examples(examples, config)
+    held_out = set(valid_ex.keys[CUSTOMER_ID])
+    init = labels[~labels[CUSTOMER_ID].isin(held_out)]
+    started = time.perf_counter()
+    latent = LatentStateFeatures(horizon_days=config.horizon_days, seed=config.seed)
+    latent.fit(events, snapshots=examples.keys, labels=init)
+    columns = latent.transform(events, snapshots=examples.keys)
+    say(
+        f"latent states: {latent.params_.n_states} fitted by EM in "
+        f"{time.perf_counter() - started:.0f} s ({latent.n_iter_} iterations)"
+    )
+    X = examples.X.copy()
+    for name in columns.columns:
+        X[name] = columns[name].to_numpy()
+    return Examples(examples.keys, X, examples.stage, examples.churn), latent
+
+
+def stage_forecast_matrix(
+    ex: Examples, n_states: int, n_stages: int
+) -> tuple[tuple[float, ...], ...]:
+    """``P(stage | latent state)``: each state's labelled stage mix, from its posteriors.
+
+    Row ``k`` weighs every example's stage by its filtered probability of state ``k``,
+    with one pseudo-example spread over the stages as in the data, so a state no example
+    visits gets the overall stage mix.
+    """
+    gamma = ex.X[[f"latent_state_{k}" for k in range(n_states)]].to_numpy(dtype=np.float64)
+    gamma = np.nan_to_num(gamma, nan=0.0)
+    onehot = np.eye(n_stages)[ex.stage]
+    prior = models.class_frequencies(ex.stage, n_stages)
+    counts = gamma.T @ onehot + prior[None, :]
+    rows = counts / counts.sum(axis=1, keepdims=True)
+    return tuple(tuple(float(v) for v in row) for row in rows)
 
 
 def split_examples(ex: Examples, config: TrainConfig) -> tuple[Examples, Examples, str]:
@@ -703,7 +768,14 @@ def _log_model(bundle: ModelBundle, valid_ex: Examples, register: str | None) ->
 
 
 def _promote_if_better(
-    name: str, version: str, model: Predictor, ex: Examples, taxonomy: Taxonomy, say: Say
+    name: str,
+    version: str,
+    model: Predictor,
+    ex: Examples,
+    taxonomy: Taxonomy,
+    say: Say,
+    *,
+    events: pd.DataFrame,
 ) -> bool:
     """Promote when there is no champion, or the new model scores higher on ``ex``.
 
@@ -730,7 +802,10 @@ def _promote_if_better(
             champ = None
         if champ is not None:
             _warn_if_champion_saw(champ, current, ex, say)
-            old = evaluate_bundle(champ, ex, taxonomy).metrics
+            # the champion's own features: its definition and its own latent model
+            champ_X = champ.build_features(events, snapshots=ex.keys)
+            champ_ex = Examples(ex.keys, champ_X, ex.stage, ex.churn)
+            old = evaluate_bundle(champ, champ_ex, taxonomy).metrics
             old_score = old["stage_macro_f1"] + old["churn_roc_auc"]
         if not new_score > old_score:
             say(
@@ -831,7 +906,9 @@ def evaluate_model(
         assert rulebook is not None  # checked above
         labels = rulebook_labels(events, parse_as_of(as_of), rulebook, bundle.definition)
     check_horizon(events, labels["as_of"], config.horizon_days)
-    ex, dropped = build_examples(events, labels, taxonomy, bundle.definition, config)
+    ex, dropped = build_examples(
+        events, labels, taxonomy, bundle.definition, config, latent=bundle.latent_filter
+    )
     if dropped:
         say(f"warning: {dropped:,} labelled snapshot(s) have no events before their as_of")
     return evaluate_bundle(bundle, ex, taxonomy).metrics

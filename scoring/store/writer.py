@@ -184,7 +184,11 @@ def _now() -> str:
 
 
 def _stages(path: Path) -> tuple[str, ...]:
-    """The model's stages, from the ``p_<stage>`` columns of the scores file."""
+    """The model's stages, from the ``p_<stage>`` columns of the scores file.
+
+    ``p_next_<stage>`` (the forecast of a model with a latent-stage model) is not a stage
+    when ``p_<stage>`` is a column too; the store does not keep the forecast.
+    """
     if table_format(path) == "parquet":
         import pyarrow.parquet as pq
 
@@ -192,7 +196,11 @@ def _stages(path: Path) -> tuple[str, ...]:
     else:
         columns = list(pd.read_csv(path, nrows=0).columns)
     missing = [c for c in _FIXED if c not in columns]
-    stages = tuple(c[2:] for c in columns if c.startswith("p_"))
+    named = [c[2:] for c in columns if c.startswith("p_")]
+    present = set(named)
+    stages = tuple(
+        s for s in named if not (s.startswith("next_") and s.removeprefix("next_") in present)
+    )
     if missing or not stages:
         raise ValueError(
             f"{path} is not a scores file: it lacks {missing or ['p_<stage> columns']}"

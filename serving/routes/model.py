@@ -79,6 +79,7 @@ async def model_info(model: CurrentModel, state: State) -> ServedModelInfo:
         feature_count=len(model.feature_names),
         feature_names=list(model.feature_names),
         horizon_days=bundle.horizon_days,
+        forecasts_stages=bundle.forecasts,
         risk_thresholds=RiskThresholds(
             medium_from=bundle.risk_thresholds[0], high_from=bundle.risk_thresholds[1]
         ),

@@ -517,6 +517,13 @@ def train(
             "when it fits the taxonomy)."
         ),
     ] = None,
+    latent_states: Annotated[
+        bool,
+        typer.Option(
+            help="Fit the latent-stage model (EM on every customer's event sequence) and "
+            "give its filtered states to both heads; it also gives p_next_<stage>."
+        ),
+    ] = True,
 ) -> None:
     """Train the stage and churn heads, log the run to MLflow, print run id and model URI."""
     from customer_lifecycle.simulator import dataset_oracle
@@ -547,6 +554,7 @@ def train(
         seed=seed,
         risk_thresholds=(risk_low, risk_high),
         unknown_events=unknown_events,
+        latent_states=latent_states,
     )
     result = run_training(
         events,

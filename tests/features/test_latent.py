@@ -13,6 +13,7 @@ from customer_lifecycle.features.latent import (
     LatentParams,
     LatentStateFeatures,
     forecast_states,
+    model_features,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -354,3 +355,76 @@ def test_forecast_is_the_filtered_distribution_times_transition_powers(
     np.testing.assert_allclose(forecast_states(state, model.params_, 0), state)
     with pytest.raises(ValueError, match="horizon_days"):
         forecast_states(state, model.params_, -1)
+
+
+def test_model_features_append_the_latent_columns_row_for_row(
+    model: LatentStateFeatures,
+) -> None:
+    from customer_lifecycle.features.definition import load_definition
+    from customer_lifecycle.features.engine import build_features
+
+    definition = load_definition()
+    events = random_events(np.random.default_rng(6), 12, span_days=200)
+    plain = build_features(events, as_of=AS_OF, definition=definition)
+    pd.testing.assert_frame_equal(
+        model_features(events, definition=definition, latent=None, as_of=AS_OF), plain
+    )
+    both = model_features(events, definition=definition, latent=model.filter_, as_of=AS_OF)
+    assert list(both.columns) == [*plain.columns, *model.filter_.feature_names]
+    pd.testing.assert_frame_equal(both[list(plain.columns)], plain)
+    latent = model.transform(events, as_of=AS_OF)
+    pd.testing.assert_frame_equal(both[latent.columns], latent.loc[plain.index])
+
+    # snapshots: the rows, in order, duplicates and customers without history included
+    early = AS_OF - 150 * DAY
+    snaps = pd.DataFrame(
+        {
+            "customer_id": ["c004", "nobody", "c001", "c004", "c001"],
+            "as_of": [AS_OF, AS_OF, early, early, AS_OF],
+        }
+    )
+    got = model_features(events, definition=definition, latent=model.filter_, snapshots=snaps)
+    pd.testing.assert_frame_equal(
+        got[list(plain.columns)], build_features(events, snapshots=snaps, definition=definition)
+    )
+    np.testing.assert_array_equal(
+        got[latent.columns].to_numpy(), model.transform(events, snapshots=snaps).to_numpy()
+    )
+    assert got.loc[("nobody", AS_OF), latent.columns].isna().all()
+
+
+@pytest.mark.parametrize(
+    "as_of",
+    [
+        np.datetime64("2262-04-10T00:00:00", "ns"),  # the latest as_of the API accepts
+        np.datetime64("1900-01-01T00:00:00", "ns"),
+        np.datetime64("1677-09-23T00:00:00", "ns"),  # as_of near the least int64 time
+    ],
+)
+def test_extreme_times_are_read_at_the_greatest_age(
+    model: LatentStateFeatures, as_of: np.datetime64
+) -> None:
+    # as_of - t of the earliest and latest int64 times overflows int64; the filter reads
+    # an event older than 2**62 ns as exactly that old, and never indexes out of bounds
+    a = int(as_of.astype(np.int64))
+    earliest = int(np.datetime64("1677-09-22T00:00:01", "ns").astype(np.int64))
+    day = 86_400 * 10**9
+    middle = int(np.datetime64("1960-01-01", "ns").astype(np.int64))
+    t = np.array([earliest, earliest + day, earliest + 3 * day, middle, a - day, a - 5])
+    t = t[t < a]
+    types = np.arange(len(t)) % 3
+    got = model.filter_.matrix(
+        np.zeros(len(t), dtype=np.int64), t, types, n_customers=1, type_names=TYPES, as_of_ns=a
+    )
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got[0, : model.params_.n_states].sum(), 1.0)
+    oldest = max(a - 2**62, int(np.iinfo(np.int64).min))
+    same = model.filter_.matrix(
+        np.zeros(len(t), dtype=np.int64),
+        np.maximum(t, oldest),
+        types,
+        n_customers=1,
+        type_names=TYPES,
+        as_of_ns=a,
+    )
+    np.testing.assert_array_equal(got, same)

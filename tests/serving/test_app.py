@@ -16,7 +16,6 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
-from customer_lifecycle.features.engine import build_features
 from customer_lifecycle.features.validation import validate_events
 from customer_lifecycle.scoring.bundle import ModelBundle
 from customer_lifecycle.serving.app import create_app
@@ -147,7 +146,7 @@ def test_served_probabilities_are_the_bundle_s_calibration_of_the_same_raw_score
         )
 
     ids = busy_customers(trained.events, trained.as_of, 12)
-    feats = build_features(trained.events, as_of=trained.as_of, definition=v1.definition)
+    feats = v1.build_features(trained.events, as_of=trained.as_of)
     X = feats.loc[ids, v1.feature_names].to_numpy()
     n, f = X.shape
     vectors = [
@@ -221,7 +220,7 @@ def test_reasons_are_this_prediction_s_contributions(
         "customers": [customer_payload(trained.events, c) for c in ids],
     }
     scores = client.post("/v1/scores", json=body, headers=AUTH).json()["scores"]
-    feats = build_features(trained.events, as_of=trained.as_of, definition=v1.definition)
+    feats = v1.build_features(trained.events, as_of=trained.as_of)
     X = feats.loc[ids, v1.feature_names].to_numpy()
     f = X.shape[1]
     picks = [v1.stages.index(score["stage"]) for score in scores]
@@ -298,7 +297,7 @@ def test_scores_from_features_equal_scores_from_events(
     client: TestClient, body: dict, trained: Trained, v1: ModelBundle
 ) -> None:
     ids = [c["customer_id"] for c in body["customers"]]
-    feats = build_features(trained.events, as_of=trained.as_of, definition=v1.definition)
+    feats = v1.build_features(trained.events, as_of=trained.as_of)
     customers = [
         {
             "customer_id": cid,
@@ -361,7 +360,7 @@ def test_customers_without_history_get_the_empty_history_score(
     snap = pd.DataFrame(
         {"customer_id": ["nobody"], "as_of": [pd.Timestamp("2024-07-01", tz="UTC")]}
     )
-    expected = v1.predict_features(build_features(empty, snapshots=snap, definition=v1.definition))
+    expected = v1.predict_features(v1.build_features(empty, snapshots=snap))
     assert new["churn_probability"] == pytest.approx(expected["churn_probability"][0], abs=1e-12)
     assert future["churn_probability"] == new["churn_probability"]
     assert old["churn_probability"] != new["churn_probability"]

@@ -8,7 +8,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from customer_lifecycle.features.engine import build_features
 from customer_lifecycle.features.events import load_events
 from customer_lifecycle.features.taxonomy import load_taxonomy
 from customer_lifecycle.scoring.bundle import ModelBundle
@@ -128,7 +127,7 @@ def test_model_beats_its_baselines(trained) -> None:  # type: ignore[no-untyped-
 
 def test_pyfunc_round_trip_reproduces_scores(trained, events: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
     result, bundle = trained
-    feats = build_features(events, as_of="2024-12-31", definition=bundle.definition)
+    feats = bundle.build_features(events, as_of="2024-12-31")
     direct = bundle.predict_features(feats)
     loaded = mlflow.pyfunc.load_model(result.model_uri)
     via_mlflow = loaded.predict(feats.reset_index())

@@ -12,7 +12,11 @@ scenario and seed, the protocol mirrors an outsider's test:
 3. score the *other* customers at T2 = T1 + 90 days with the loaded bundle
    (``load_bundle(...).predict_events(events, as_of=T2)``), and compare with the oracle
    and with a plain LightGBM on windowed counts and recency trained on the same labels:
-   stage macro-F1 (ratio to the oracle's) and churn ROC-AUC (gap to the oracle's).
+   stage macro-F1 (ratio to the oracle's) and churn ROC-AUC (gap to the oracle's);
+4. when the model forecasts ``p_next_<stage>`` (the default, latent states on), score the
+   forecast against the true stage on the last day before T2 + 90 days: log loss, macro-F1
+   of the argmax and calibration, next to persistence (the model's own ``p_<stage>``
+   used as the forecast) and the oracle's exact forecast.
 
 Then: the worst case across scenarios, a learning curve (ratio to the oracle against
 the number of labelled customers), a purchase-only log (the churn head with
@@ -20,7 +24,7 @@ the number of labelled customers), a purchase-only log (the churn head with
 package is installed (the ``bench`` extra), the real CDNOW purchase log it ships.
 
 Run: ``python -m benchmarks.quality [--seed N] [--scenarios a,b] [--labelled 9000]
-[--customers 15000] [--no-curve]``. MLflow runs go to a temporary SQLite store.
+[--customers 15000] [--no-curve] [--no-latent-states]``. MLflow runs go to a temporary SQLite store.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from benchmarks.scenario_family import (
     Simulation,
     make_scenario,
     oracle,
+    oracle_forecast,
     simulate,
     write_taxonomy,
 )
@@ -135,6 +140,47 @@ def macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(f1_score(truth, predicted, labels=np.unique(truth), average="macro"))
 
 
+def forecast_scores(truth: np.ndarray, proba: np.ndarray, bins: int = 10) -> dict[str, float]:
+    """How well stage probabilities forecast the true stages.
+
+    Parameters
+    ----------
+    truth
+        ``(n,)`` true stage indices.
+    proba
+        ``(n, K)`` forecast probabilities (rows are renormalised).
+    bins
+        Equal-width confidence bins of the expected calibration error.
+
+    Returns
+    -------
+    dict
+        ``logloss`` (multiclass, natural log, probabilities floored at 1e-15), ``f1``
+        (macro-F1 of the argmax), ``ece`` (top-label expected calibration error: the
+        bin-weighted gap between the argmax's probability and its hit rate) and
+        ``share_gap`` (the largest gap, over stages, between the mean forecast and the
+        observed share).
+    """
+    p = np.clip(np.asarray(proba, dtype=np.float64), 1e-15, None)
+    p /= p.sum(1, keepdims=True)
+    truth = np.asarray(truth, dtype=np.int64)
+    top, pick = p.max(1), p.argmax(1)
+    hit = (pick == truth).astype(np.float64)
+    which = np.minimum((top * bins).astype(np.int64), bins - 1)
+    weight = np.bincount(which, minlength=bins)
+    gap = np.abs(
+        np.bincount(which, weights=hit, minlength=bins)
+        - np.bincount(which, weights=top, minlength=bins)
+    )
+    observed = np.bincount(truth, minlength=p.shape[1]) / len(truth)
+    return {
+        "logloss": float(-np.mean(np.log(p[np.arange(len(p)), truth]))),
+        "f1": macro_f1(truth, pick),
+        "ece": float(gap.sum() / weight.sum()),
+        "share_gap": float(np.abs(p.mean(0) - observed).max()),
+    }
+
+
 def protocol(
     name: str,
     seed: int,
@@ -143,6 +189,7 @@ def protocol(
     labelled_sizes: Sequence[int] = (9_000,),
     customers: int = 15_000,
     plain: bool = True,
+    latent_states: bool = True,
     say: Callable[[str], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
     """Train on labelled customers at T1 and score the others at T2, for each label count.
@@ -163,13 +210,22 @@ def protocol(
         :data:`SCORED` others fit.
     plain
         Also fit the plain LightGBM baseline.
+    latent_states
+        Train with the latent-stage model (``TrainConfig.latent_states``); without it
+        the model has no stage forecast and the ``next_*`` metrics are NaN.
     say
         Progress messages.
 
     Returns
     -------
     list of dict
-        One row of metrics per labelled size.
+        One row of metrics per labelled size. The stage forecast ``HORIZON_DAYS`` ahead
+        is scored against the true stage on the last day before T2 + ``HORIZON_DAYS``
+        (:func:`forecast_scores`): ``next_<metric>`` for the model's ``p_next_<stage>``
+        (NaN, and ``forecast`` False, when the model has none), ``persist_<metric>``
+        for its ``p_<stage>`` used as the forecast, ``oracle_next_<metric>`` for
+        :func:`benchmarks.scenario_family.oracle_forecast`, and ``moved``, the share of
+        scored customers whose true stage differs between T2 and T2 + ``HORIZON_DAYS``.
     """
     from customer_lifecycle.features.contract import to_canonical_frame
     from customer_lifecycle.scoring.pyfunc import load_bundle
@@ -193,6 +249,10 @@ def protocol(
     stage_cols = [f"p_{s}" for s in scenario.stages]
     oracle_f1 = macro_f1(truth, orc[stage_cols].to_numpy().argmax(1))
     oracle_auc = float(roc_auc_score(churn_truth, orc["churn_probability"]))
+    # the stage HORIZON_DAYS after T2 (the simulation ends exactly there)
+    future = sim.labels_at(T2_DAY + HORIZON_DAYS)[scored]
+    moved = float(np.mean(future != truth))
+    oracle_next = forecast_scores(future, oracle_forecast(sim, scored, T2_DAY, ahead=HORIZON_DAYS))
     say(f"{scenario.name}: {sim.n:,} customers, {len(sim.events):,} events, oracle done in "
         f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
     taxonomy = write_taxonomy(scenario, work)
@@ -221,7 +281,7 @@ def protocol(
             labels_path=folder / "labels.csv",
             taxonomy_path=taxonomy,
             oracle_predictions=oracle(sim, chosen, T1_DAY),
-            config=TrainConfig(seed=seed),
+            config=TrainConfig(seed=seed, latent_states=latent_states),
             say=lambda _: None,
         )
         seconds = time.perf_counter() - t0
@@ -247,6 +307,22 @@ def protocol(
         }
         row["ratio"] = row["model_f1"] / oracle_f1
         row["gap"] = oracle_auc - row["model_auc"]
+        next_cols = [f"p_next_{s}" for s in scenario.stages]
+        # a forecast over another horizon than the truth's would be scored against the wrong day
+        row["forecast"] = bundle.horizon_days == HORIZON_DAYS and all(
+            c in pred.columns for c in next_cols
+        )
+        persist = forecast_scores(future, pred[stage_cols].to_numpy(dtype=np.float64))
+        model_next = (
+            forecast_scores(future, pred[next_cols].to_numpy(dtype=np.float64))
+            if row["forecast"]
+            else dict.fromkeys(persist, np.nan)
+        )
+        for key in persist:
+            row[f"next_{key}"] = model_next[key]
+            row[f"persist_{key}"] = persist[key]
+            row[f"oracle_next_{key}"] = oracle_next[key]
+        row["moved"] = moved
         if plain:
             p_stage, p_churn = plain_model(sim, chosen, scored, seed)
             row["plain_ratio"] = macro_f1(truth, p_stage) / oracle_f1
@@ -352,6 +428,46 @@ def _table(rows: list[dict[str, Any]]) -> None:
         )
 
 
+def _forecast_table(rows: list[dict[str, Any]]) -> None:
+    h = HORIZON_DAYS
+    print(f"\nstage forecast {h} days ahead (p_next_<stage> at T2 against the true stage on "
+          f"the last day before T2 + {h}); persistence = the model's p_<stage>")  # fmt: skip
+    print("| scenario | log loss model | persistence | oracle | macro-F1 model | persistence "
+          "| oracle | ECE model | persistence | oracle | share gap model | moved |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if not r["forecast"]:
+            print(
+                f"| {r['scenario']} | no forecast | {r['persist_logloss']:.4f} "
+                f"| {r['oracle_next_logloss']:.4f} | no forecast | {r['persist_f1']:.4f} "
+                f"| {r['oracle_next_f1']:.4f} | no forecast | {r['persist_ece']:.4f} "
+                f"| {r['oracle_next_ece']:.4f} | no forecast | {r['moved']:.3f} |"
+            )
+            continue
+        print(
+            f"| {r['scenario']} | {r['next_logloss']:.4f} | {r['persist_logloss']:.4f} "
+            f"| {r['oracle_next_logloss']:.4f} | {r['next_f1']:.4f} | {r['persist_f1']:.4f} "
+            f"| {r['oracle_next_f1']:.4f} | {r['next_ece']:.4f} | {r['persist_ece']:.4f} "
+            f"| {r['oracle_next_ece']:.4f} | {r['next_share_gap']:.4f} | {r['moved']:.3f} |"
+        )
+    with_forecast = [r for r in rows if r["forecast"]]
+    if not with_forecast:
+        return
+    excess = max(with_forecast, key=lambda r: r["next_logloss"] - r["oracle_next_logloss"])
+    f1 = min(with_forecast, key=lambda r: r["next_f1"] / r["oracle_next_f1"])
+    skill = max(with_forecast, key=lambda r: r["next_logloss"] - r["persist_logloss"])
+    print()
+    print("| worst case (forecast) | value | scenario |")
+    print("|---|---|---|")
+    above = excess["next_logloss"] - excess["oracle_next_logloss"]
+    print(f"| log loss above the oracle's | {above:+.4f} | {excess['scenario']} |")
+    print(f"| macro-F1 ratio to the oracle's | {f1['next_f1'] / f1['oracle_next_f1']:.3f} "
+          f"| {f1['scenario']} |")  # fmt: skip
+    helps = skill["next_logloss"] - skill["persist_logloss"]
+    print(f"| log loss minus persistence's (< 0: the forecast helps) | {helps:+.4f} "
+          f"| {skill['scenario']} |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
@@ -360,6 +476,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=15_000)
     parser.add_argument("--no-curve", action="store_true", help="skip the learning curve")
     parser.add_argument("--curve-scenario", default=None, help="default: the worst scenario")
+    parser.add_argument(
+        "--no-latent-states", action="store_true", help="train without the latent-stage model"
+    )
     args = parser.parse_args()
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in names if s not in SCENARIOS]
@@ -379,6 +498,7 @@ def main() -> None:
             work=work,
             labelled_sizes=[args.labelled],
             customers=args.customers,
+            latent_states=not args.no_latent_states,
             say=print,
         )
     print()
@@ -394,6 +514,7 @@ def main() -> None:
           f"| >= 0.97 | {'yes' if worst_f1['ratio'] >= 0.97 else 'no'} |")  # fmt: skip
     print(f"| churn ROC-AUC gap to oracle | {worst_auc['gap']:+.4f} | {worst_auc['scenario']} "
           f"| <= 0.01 | {'yes' if worst_auc['gap'] <= 0.01 else 'no'} |")  # fmt: skip
+    _forecast_table(rows)
 
     if not args.no_curve:
         curve_name = args.curve_scenario or worst_f1["scenario"].rsplit("-", 1)[0]
@@ -405,6 +526,7 @@ def main() -> None:
             labelled_sizes=CURVE_SIZES,
             customers=args.customers,
             plain=True,
+            latent_states=not args.no_latent_states,
             say=print,
         )
         print("| labelled | scored | F1 ratio | plain F1 ratio | AUC gap | plain AUC gap |")

@@ -530,7 +530,13 @@ class Simulation:
         return np.asarray([f"c{i:06d}" for i in range(self.n)], dtype=object)
 
     def labels_at(self, day: int) -> np.ndarray:
-        """Stage index on the last day before ``day`` (-1: not arrived before ``day``)."""
+        """Stage index on the last day before ``day`` (-1: not arrived before ``day``).
+
+        A dormant customer keeps its stage, so this is also the true stage ``h`` days
+        after a snapshot at ``day - h`` (``day`` up to the simulation's length).
+        """
+        if not 1 <= day <= self.stage.shape[1]:
+            raise ValueError(f"day must be 1 to {self.stage.shape[1]} (the simulated days)")
         return self.stage[:, day - 1].astype(np.int64)
 
     def churned(self, day: int, horizon: int = HORIZON_DAYS) -> np.ndarray:
@@ -792,6 +798,7 @@ def oracle_arrays(
     as_of: np.ndarray,
     *,
     horizon: int = HORIZON_DAYS,
+    states: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The exact filter on day-resolution events.
 
@@ -807,16 +814,22 @@ def oracle_arrays(
         ``(n,)`` snapshot day of each customer: events of days ``< as_of`` are used.
     horizon
         Churn horizon in days.
+    states
+        Return the posterior over the states of :func:`expanded_chain` (summed over
+        activity levels) instead of over the stages.
 
     Returns
     -------
     posterior, silent
-        ``(n, K)`` posterior of the stage on day ``as_of - 1`` and ``(n,)`` probability of
-        no event in days ``[as_of, as_of + horizon)``; NaN for customers not arrived
-        before ``as_of``.
+        ``(n, K)`` posterior of the stage on day ``as_of - 1`` (``(n, n_states)`` with
+        ``states``) and ``(n,)`` probability of no event in days
+        ``[as_of, as_of + horizon)``; NaN for customers not arrived before ``as_of``.
     """
     n = len(arrival)
     chain = expanded_chain(scenario)
+    # the kernel sums the filtered state into the classes of stage_of: identity keeps states
+    stage_of = np.arange(scenario.n_states) if states else chain["stage"]
+    classes = scenario.n_states if states else len(scenario.stages)
     keys = pd.DataFrame({"c": customer, "d": day, "t": typ})
     keys = keys[keys["d"].to_numpy() < as_of[keys["c"].to_numpy()]]
     agg = keys.groupby(["c", "d", "t"], sort=True).size().reset_index(name="n")
@@ -834,8 +847,8 @@ def oracle_arrays(
         scenario.event_types.index(scenario.acquisition),
         chain["init"],
         chain["row"],
-        chain["stage"],
-        len(scenario.stages),
+        stage_of,
+        classes,
         chain["src"],
         chain["dst"],
         chain["prob"],
@@ -876,3 +889,54 @@ def oracle(
         out[f"p_{name}"] = post[customers, s]
     out["churn_probability"] = silent[customers]
     return out
+
+
+def oracle_forecast(
+    sim: Simulation, customers: np.ndarray, as_of_day: int, *, ahead: int = HORIZON_DAYS
+) -> np.ndarray:
+    """The oracle's exact stage forecast ``ahead`` days after a snapshot.
+
+    The filtered distribution over the expanded states on day ``as_of_day - 1`` (events
+    of days before ``as_of_day``) is carried ``ahead`` days with the daily transition
+    matrix and summed by stage. Moves do not depend on the activity level, so the level
+    is summed out first.
+
+    Parameters
+    ----------
+    sim
+        The simulation.
+    customers
+        Customer indices (rows of the result, in this order).
+    as_of_day
+        Snapshot day: events of days before it are read.
+    ahead
+        Days ahead; the forecast is of ``sim.labels_at(as_of_day + ahead)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(customers), K)``: probability of each stage on day
+        ``as_of_day + ahead - 1``; NaN rows for customers not arrived before ``as_of_day``.
+    """
+    if ahead < 0:
+        raise ValueError("ahead must be at least 0 days")
+    sc = sim.scenario
+    ev = sim.events
+    # customers not asked for get as_of 0, which the kernel skips (nobody arrives before it)
+    as_of = np.zeros(sim.n, dtype=np.int64)
+    as_of[customers] = as_of_day
+    post, _ = oracle_arrays(
+        sc,
+        ev["day"].to_numpy(),
+        ev["type"].to_numpy(),
+        ev["customer"].to_numpy(),
+        sim.arrival,
+        as_of,
+        horizon=0,
+        states=True,
+    )
+    chain = expanded_chain(sc)
+    step = np.zeros((sc.n_states, sc.n_states))
+    np.add.at(step, (chain["src"], chain["dst"]), chain["prob"])
+    to_stage = np.eye(len(sc.stages))[chain["stage"]]
+    return np.asarray(post[customers] @ np.linalg.matrix_power(step, ahead) @ to_stage)

@@ -20,9 +20,11 @@ from benchmarks.scenario_family import (
     START,
     T1_DAY,
     Scenario,
+    Simulation,
     make_scenario,
     oracle,
     oracle_arrays,
+    oracle_forecast,
     season,
     simulate,
 )
@@ -52,8 +54,9 @@ def tiny(reactivation: float, seasonal: bool) -> Scenario:
     )
 
 
-def brute_force(sc: Scenario, counts: np.ndarray, arrival: int, horizon: int):  # type: ignore[no-untyped-def]
-    """Posterior of the last observed stage and P(silent horizon) by enumerating paths.
+def brute_force(sc: Scenario, counts: np.ndarray, arrival: int, horizon: int, ahead: int = 0):  # type: ignore[no-untyped-def]
+    """Posterior of the stage ``ahead`` days after the last observed one (0: that day's)
+    and P(silent horizon), by enumerating paths (``ahead <= horizon``).
 
     States: (stage, phase, dormant) written out from the knobs; ``counts[d]`` are the
     counts of day ``arrival + d`` (the acquisition event included on day 0).
@@ -107,7 +110,7 @@ def brute_force(sc: Scenario, counts: np.ndarray, arrival: int, horizon: int):  
             # summed over all paths is the evidence
             evidence += observed
             silent += observed * np.prod([lik[d, path[d]] for d in range(n_obs, n_obs + horizon)])
-            post[states[path[n_obs - 1]][0]] += observed
+            post[states[path[n_obs - 1 + ahead]][0]] += observed
     return post / post.sum(), silent / evidence
 
 
@@ -140,6 +143,65 @@ def test_oracle_equals_brute_force_on_tiny_chains(reactivation: float, seasonal:
         want_post, want_silent = brute_force(sc, counts, arrival, horizon)
         np.testing.assert_allclose(post[0], want_post, rtol=1e-9)
         assert silent[0] == pytest.approx(want_silent, rel=1e-9)
+
+
+def test_oracle_forecast_equals_brute_force_on_tiny_chains() -> None:
+    sc = tiny(0.25, True)
+    arrival, ahead = 5, 2
+    counts = [np.array([[1, 0], [0, 0], [2, 1]]), np.array([[1, 0], [0, 3], [0, 0]])]
+    rows = []
+    for c, table in enumerate(counts):
+        day, typ = np.nonzero(table)
+        reps = table[day, typ]
+        rows.append(
+            pd.DataFrame(
+                {"customer": c, "day": np.repeat(day, reps) + arrival, "type": np.repeat(typ, reps)}
+            )  # fmt: skip
+        )
+    events = pd.concat(rows, ignore_index=True).assign(second=0, amount=np.nan)
+    as_of = arrival + 3
+    n = len(counts)
+    sim = Simulation(
+        sc,
+        0,
+        np.full(n, arrival),
+        np.zeros(n, dtype=np.int64),
+        np.full((n, as_of + ahead), -1, dtype=np.int8),
+        np.zeros((n, as_of + ahead), dtype=bool),
+        events,
+    )
+    got = oracle_forecast(sim, np.array([1, 0]), as_of, ahead=ahead)
+    for row, c in enumerate([1, 0]):
+        want, _ = brute_force(sc, counts[c], arrival, ahead, ahead=ahead)
+        np.testing.assert_allclose(got[row], want, rtol=1e-9)
+    # zero days ahead is the filter's own posterior
+    np.testing.assert_allclose(
+        oracle_forecast(sim, np.array([0, 1]), as_of, ahead=0),
+        oracle(sim, np.array([0, 1]), as_of)[[f"p_{s}" for s in sc.stages]].to_numpy(),
+        rtol=1e-12,
+    )
+
+
+def test_oracle_forecast_is_calibrated_and_beats_persistence() -> None:
+    """On the generator: the mean forecast per stage matches the share of customers in it
+    60 days later, and the forecast scores a lower log loss than today's posterior."""
+    sc = make_scenario("saas_reactivating", 12)
+    sim = simulate(sc, 3_000, 12, days=360, arrivals_until=300)
+    here = np.flatnonzero(sim.arrival < 300)
+    forecast = oracle_forecast(sim, here, 300, ahead=60)
+    future = sim.labels_at(360)[here]
+    assert (future != sim.labels_at(300)[here]).mean() > 0.1  # enough customers move
+    for s, stage in enumerate(sc.stages):
+        p = forecast[:, s]
+        se = np.sqrt(np.sum(p * (1 - p))) / len(p)
+        assert abs(p.mean() - (future == s).mean()) < 4 * se + 1e-3, stage
+    now = oracle(sim, here, 300)[[f"p_{s}" for s in sc.stages]].to_numpy()
+    loss = [
+        -np.mean(np.log(np.maximum(p[np.arange(len(p)), future], 1e-15))) for p in (forecast, now)
+    ]
+    assert loss[0] < loss[1]
+    with pytest.raises(ValueError, match="simulated days"):
+        sim.labels_at(361)
 
 
 def test_same_seed_same_simulation_and_another_seed_differs() -> None:
@@ -205,3 +267,26 @@ def test_protocol_end_to_end(tmp_path, monkeypatch) -> None:  # type: ignore[no-
     assert row["oracle_f1"] > row["majority_f1"]
     assert 0.5 < row["oracle_auc"] <= 1.0
     assert 0.0 < row["model_f1"] <= 1.0
+    # the default model forecasts, and enough customers change stage for it to matter
+    assert row["forecast"]
+    assert 0.02 < row["moved"] < 0.9
+    assert np.isfinite([row["next_logloss"], row["next_f1"], row["next_ece"]]).all()
+    # the exact forecast beats the model's current stage probabilities taken as a forecast
+    assert row["oracle_next_logloss"] < row["persist_logloss"]
+
+
+def test_forecast_scores() -> None:
+    from benchmarks.quality import forecast_scores
+
+    rng = np.random.default_rng(0)
+    n, k = 20_000, 3
+    proba = rng.dirichlet(np.ones(k), size=n)
+    # truth drawn from the forecast itself: calibrated by construction
+    truth = (rng.random(n)[:, None] > np.cumsum(proba, axis=1)).sum(1)
+    fair = forecast_scores(truth, proba)
+    assert fair["ece"] < 0.02 and fair["share_gap"] < 0.02
+    sharp = forecast_scores(truth, proba**4 / (proba**4).sum(1, keepdims=True))
+    assert sharp["ece"] > 0.1 and sharp["logloss"] > fair["logloss"]
+    assert forecast_scores(truth, np.full((n, k), 1 / k))["logloss"] == pytest.approx(np.log(k))
+    exact = forecast_scores(truth, np.eye(k)[truth])
+    assert exact["f1"] == 1.0 and exact["ece"] < 1e-12 and exact["logloss"] < 1e-12

@@ -12,7 +12,14 @@ from pathlib import Path
 import pandas as pd
 from customer_lifecycle.features.io import table_format
 from customer_lifecycle.features.sink import TableAppender
-from customer_lifecycle.scoring.store.queries import SegmentFilter, StoredScore, segment
+from customer_lifecycle.scoring.bundle import NEXT_PREFIX
+from customer_lifecycle.scoring.store.queries import (
+    SegmentFilter,
+    StoredScore,
+    get_run,
+    has_forecast,
+    segment,
+)
 from customer_lifecycle.scoring.store.writer import RunInfo
 from sqlalchemy import Engine
 
@@ -30,8 +37,9 @@ def export_segment(
     """Write the customers of ``seg`` in a run (default: the newest) to ``out``.
 
     Columns: ``customer_id, stage, churn_probability, churn_risk, churn_rank,
-    stage_churn_rank, stage_since, risk_since, p_<stage>..., as_of, model_name,
-    model_version``. Returns the number of rows and the run.
+    stage_churn_rank, stage_since, risk_since, p_<stage>...``, then ``p_next_<stage>...``
+    when the run has a stage forecast (empty for a customer without one), then ``as_of,
+    model_name, model_version``. Returns the number of rows and the run.
 
     Raises
     ------
@@ -50,15 +58,17 @@ def export_segment(
     n, cursor = 0, None
     try:
         with engine.connect() as conn:
+            # decided once for the run: every page, and an empty export, has the same columns
+            forecast = has_forecast(conn, get_run(conn, run_id).run_id)
             while True:
                 page = segment(conn, seg, run_id=run_id, cursor=cursor, limit=PAGE_ROWS)
                 if page.items:
-                    sink.append(_frame(page.items, page.run.stages))
+                    sink.append(_frame(page.items, page.run.stages, forecast))
                 n += len(page.items)
                 cursor = page.next_cursor
                 if cursor is None:
                     break
-        sink.commit(empty=_frame([], page.run.stages))
+        sink.commit(empty=_frame([], page.run.stages, forecast))
     except BaseException:
         sink.discard()
         raise
@@ -68,7 +78,7 @@ def export_segment(
 _COMPANIONS = ("-wal", "-shm", "-journal")
 
 
-def _frame(items: list[StoredScore], stages: tuple[str, ...]) -> pd.DataFrame:
+def _frame(items: list[StoredScore], stages: tuple[str, ...], forecast: bool) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
             "customer_id": pd.Series([s.customer_id for s in items], dtype="str"),
@@ -85,6 +95,17 @@ def _frame(items: list[StoredScore], stages: tuple[str, ...]) -> pd.DataFrame:
         frame[f"p_{stage}"] = pd.Series(
             [s.stage_probabilities.get(stage) for s in items], dtype="float64"
         )
+    if forecast:
+        for stage in stages:
+            frame[f"{NEXT_PREFIX}{stage}"] = pd.Series(
+                [
+                    None
+                    if s.next_stage_probabilities is None
+                    else s.next_stage_probabilities.get(stage)
+                    for s in items
+                ],
+                dtype="float64",
+            )
     frame["as_of"] = pd.Series([s.as_of for s in items], dtype="str")
     frame["model_name"] = pd.Series([s.model_name for s in items], dtype="str")
     frame["model_version"] = pd.Series([s.model_version for s in items], dtype="str")

@@ -37,6 +37,9 @@ class StoredScore:
     model_version: str
     stage: str
     stage_probabilities: dict[str, float]
+    #: Probability of each stage the model's horizon after ``as_of``; None when the run's
+    #: model has no forecast or the customer had no history to forecast from.
+    next_stage_probabilities: dict[str, float] | None
     churn_probability: float
     churn_risk: str
     churn_rank: float
@@ -88,6 +91,7 @@ _SCORE_COLUMNS = (
     runs.c.model_version,
     scores.c.stage,
     scores.c.stage_probabilities,
+    scores.c.next_stage_probabilities,
     scores.c.churn_probability,
     scores.c.churn_risk,
     scores.c.churn_rank,
@@ -139,6 +143,20 @@ def get_run(conn: Connection, run_id: int | None = None, *, skip: int = 0) -> Ru
         what = "the score store has no complete run" if run_id is None else f"no run {run_id}"
         raise NotFound(what + (" before the newest" if skip else ""))
     return run_info(row._mapping)
+
+
+def has_forecast(conn: Connection, run_id: int) -> bool:
+    """Whether any customer of the run has a stage forecast (the run's model had one).
+
+    Stops at the first such customer; a run without a forecast is read to its end, along
+    the index by run.
+    """
+    q = (
+        select(scores.c.customer_id)
+        .where(scores.c.run_id == run_id, scores.c.next_stage_probabilities.is_not(None))
+        .limit(1)
+    )
+    return conn.execute(q).first() is not None
 
 
 def encode_cursor(run_id: int, after: str, from_run: int | None = None) -> str:
@@ -324,6 +342,11 @@ def _score(row: Any) -> StoredScore:
         model_version=m["model_version"],
         stage=m["stage"],
         stage_probabilities=json.loads(m["stage_probabilities"]),
+        next_stage_probabilities=(
+            None
+            if m["next_stage_probabilities"] is None
+            else json.loads(m["next_stage_probabilities"])
+        ),
         churn_probability=float(m["churn_probability"]),
         churn_risk=m["churn_risk"],
         churn_rank=float(m["churn_rank"]),
@@ -344,6 +367,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "get_run",
+    "has_forecast",
     "history",
     "latest",
     "list_runs",

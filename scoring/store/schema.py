@@ -40,8 +40,12 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 #: How long a SQLite connection waits for a lock (a writer queued behind another).
 BUSY_TIMEOUT_MS = 30_000
 
+#: How long a PostgreSQL migration waits for a table lock before it gives up (a reader that
+#: holds the table, an export say, would otherwise keep every lookup queued behind it).
+MIGRATION_LOCK_TIMEOUT_MS = 5_000
+
 #: The schema version this code writes and reads; older stores are migrated to it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -68,28 +72,45 @@ runs = Table(
     Column("completed_at", String(32)),
 )
 
+
+def _score_columns() -> list[Column[Any]]:
+    """The columns of ``customer_scores`` as version 1 created them (fresh objects: a column
+    belongs to one table)."""
+    return [
+        Column("customer_id", String, primary_key=True),
+        Column("run_id", Integer, primary_key=True),
+        Column("stage", String, nullable=False),
+        Column("churn_probability", Float, nullable=False),
+        Column("churn_risk", String(16), nullable=False),
+        Column("stage_probabilities", Text, nullable=False),  # JSON {"stage": p, ...}
+        Column("churn_rank", Float, nullable=False),  # percentile rank in the run, 0-100
+        Column("stage_churn_rank", Float, nullable=False),  # ... within the predicted stage
+        Column("stage_since", String(32), nullable=False),  # as_of of the run it entered its stage
+        Column("risk_since", String(32), nullable=False),  # ... of the run it entered its band
+    ]
+
+
 #: One row per customer and run, clustered by customer (SQLite: WITHOUT ROWID) so a
 #: lookup and a customer's history are one short range of the primary key.
 scores = Table(
     "customer_scores",
     metadata,
-    Column("customer_id", String, primary_key=True),
-    Column("run_id", Integer, primary_key=True),
-    Column("stage", String, nullable=False),
-    Column("churn_probability", Float, nullable=False),
-    Column("churn_risk", String(16), nullable=False),
-    Column("stage_probabilities", Text, nullable=False),  # JSON {"stage": p, ...}
-    Column("churn_rank", Float, nullable=False),  # percentile rank in the run, 0-100
-    Column("stage_churn_rank", Float, nullable=False),  # ... within the predicted stage
-    Column("stage_since", String(32), nullable=False),  # as_of of the run it entered its stage
-    Column("risk_since", String(32), nullable=False),  # ... of the run it entered its band
+    *_score_columns(),
+    # JSON {"stage": p, ...} horizon_days ahead (version 3); NULL when the run's model has
+    # no forecast or the customer had no history to forecast from
+    Column("next_stage_probabilities", Text),
     sqlite_with_rowid=False,
 )
+
+#: ``customer_scores`` as version 1 created it: migrations add the later columns, so a
+#: store has the same shape whichever version created it.
+_scores_v1 = Table("customer_scores", MetaData(), *_score_columns(), sqlite_with_rowid=False)
 
 
 def _migration_1(conn: Connection) -> None:
     """The tables, and the index by run that writing, pruning and paging walk."""
-    metadata.create_all(conn, tables=[store_meta, runs, scores])
+    metadata.create_all(conn, tables=[store_meta, runs])
+    _scores_v1.create(conn, checkfirst=True)
     conn.exec_driver_sql(
         "CREATE INDEX IF NOT EXISTS ix_customer_scores_run ON customer_scores (run_id, customer_id)"
     )
@@ -103,8 +124,27 @@ def _migration_2(conn: Connection) -> None:
     )
 
 
+def _migration_3(conn: Connection) -> None:
+    """The stage forecast of each score (``next_stage_probabilities``, nullable).
+
+    Adding a nullable column without a default rewrites no row on either database (SQLite
+    edits the schema text; PostgreSQL only its catalog), so the migration is quick whatever
+    the store's size. PostgreSQL holds an exclusive lock on the table until the migration
+    commits: lookups wait for that moment rather than fail. To take it, the migration
+    waits for the transactions reading the table to end, and lookups queue behind it; it
+    gives up after :data:`MIGRATION_LOCK_TIMEOUT_MS` (the store stays at version 2; open
+    it again later) rather than stall them behind a long export. Readers of an older
+    version never select the column and keep working once it exists.
+    """
+    present = {c["name"] for c in inspect(conn).get_columns(scores.name)}
+    if "next_stage_probabilities" not in present:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(MIGRATION_LOCK_TIMEOUT_MS)}")
+        conn.exec_driver_sql("ALTER TABLE customer_scores ADD COLUMN next_stage_probabilities TEXT")
+
+
 #: ``MIGRATIONS[v - 1]`` takes a store from version ``v - 1`` to ``v`` (0: empty database).
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2)
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2, _migration_3)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -307,6 +347,7 @@ def first_line(exc: BaseException) -> str:
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "MIGRATIONS",
+    "MIGRATION_LOCK_TIMEOUT_MS",
     "SCHEMA_VERSION",
     "create_store_engine",
     "display_url",

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from customer_lifecycle.features.contract import CUSTOMER_ID
 from customer_lifecycle.features.io import table_format
-from customer_lifecycle.scoring.bundle import RISK_BANDS
+from customer_lifecycle.scoring.bundle import NEXT_PREFIX, RISK_BANDS
 from customer_lifecycle.scoring.store.schema import runs, scores, utc_text, writing
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
@@ -86,7 +86,9 @@ def write_run(
         From :func:`scoring.store.schema.open_store`.
     scores_path
         A complete ``lifecycle score`` output: ``customer_id, stage, churn_probability,
-        churn_risk, p_<stage>...``, Parquet or CSV.
+        churn_risk, p_<stage>...`` and, from a model with a stage forecast,
+        ``p_next_<stage>...``, Parquet or CSV. The forecast is kept when the file has it
+        for every stage (NULL for a customer whose forecast is missing), else NULL.
     model_name, model_version
         The model that scored the run.
     as_of
@@ -103,7 +105,7 @@ def write_run(
     if keep_runs < 1:
         raise ValueError(f"--keep-runs must be at least 1, got {keep_runs}")
     path = Path(scores_path)
-    stages = _stages(path)
+    stages, forecast = _stages(path)
     check_as_of(engine, as_of)
     as_of_text = utc_text(as_of)
     ranks = _Ranks.of(path, stages)
@@ -128,12 +130,19 @@ def write_run(
         with engine.connect() as conn:
             previous = _newest_before(conn, run_id)
         n = 0
-        for batch in _batches(path, stages, batch_rows):
-            rows = _rows(batch, stages, ranks)
+        for batch in _batches(path, stages, batch_rows, forecast=forecast):
+            rows = _rows(batch, stages, ranks, forecast=forecast)
             for band, count in batch["churn_risk"].value_counts().items():
                 bands[str(band)] = bands.get(str(band), 0) + int(count)
             with writing(engine) as conn:
-                _insert(conn, rows, run_id=run_id, previous=previous, as_of=as_of_text)
+                _insert(
+                    conn,
+                    rows,
+                    run_id=run_id,
+                    previous=previous,
+                    as_of=as_of_text,
+                    forecast=forecast,
+                )
             n += len(batch)
         with writing(engine) as conn:
             if _newest_before(conn, run_id) != previous:
@@ -183,11 +192,12 @@ def _now() -> str:
     return utc_text(datetime.now(UTC))
 
 
-def _stages(path: Path) -> tuple[str, ...]:
-    """The model's stages, from the ``p_<stage>`` columns of the scores file.
+def _stages(path: Path) -> tuple[tuple[str, ...], bool]:
+    """The model's stages, from the ``p_<stage>`` columns of the scores file, and whether
+    the file has the stage forecast ``p_next_<stage>`` of every stage.
 
     ``p_next_<stage>`` (the forecast of a model with a latent-stage model) is not a stage
-    when ``p_<stage>`` is a column too; the store does not keep the forecast.
+    when ``p_<stage>`` is a column too.
     """
     if table_format(path) == "parquet":
         import pyarrow.parquet as pq
@@ -198,6 +208,7 @@ def _stages(path: Path) -> tuple[str, ...]:
     missing = [c for c in _FIXED if c not in columns]
     named = [c[2:] for c in columns if c.startswith("p_")]
     present = set(named)
+    present_columns = set(columns)
     stages = tuple(
         s for s in named if not (s.startswith("next_") and s.removeprefix("next_") in present)
     )
@@ -205,14 +216,20 @@ def _stages(path: Path) -> tuple[str, ...]:
         raise ValueError(
             f"{path} is not a scores file: it lacks {missing or ['p_<stage> columns']}"
         )
-    return stages
+    return stages, all(f"{NEXT_PREFIX}{s}" in present_columns for s in stages)
 
 
 def _batches(
-    path: Path, stages: tuple[str, ...], batch_rows: int, columns: list[str] | None = None
+    path: Path,
+    stages: tuple[str, ...],
+    batch_rows: int,
+    columns: list[str] | None = None,
+    *,
+    forecast: bool = False,
 ) -> Iterator[pd.DataFrame]:
     """The scores file in frames of at most ``batch_rows`` rows (ids as text)."""
-    wanted = columns or [*_FIXED, *(f"p_{s}" for s in stages)]
+    upcoming = [f"{NEXT_PREFIX}{s}" for s in stages] if forecast else []
+    wanted = columns or [*_FIXED, *(f"p_{s}" for s in stages), *upcoming]
     if table_format(path) == "parquet":
         import pyarrow.parquet as pq
 
@@ -228,7 +245,9 @@ def _batches(
         path,
         usecols=wanted,
         dtype={k: v for k, v in dtype.items() if k in wanted},
-        keep_default_na=False,
+        keep_default_na=False,  # an id such as "NA" stays an id
+        # a missing forecast is an empty field (pandas, Spark) and must read as NaN
+        na_values={c: ["", "nan", "NaN"] for c in upcoming if c in wanted},
         chunksize=batch_rows,
     ) as reader:
         yield from reader
@@ -272,9 +291,12 @@ def _percentile(sorted_values: np.ndarray, p: np.ndarray) -> np.ndarray:
     return 100.0 * np.searchsorted(sorted_values, p, side="right") / max(len(sorted_values), 1)
 
 
-def _rows(batch: pd.DataFrame, stages: tuple[str, ...], ranks: _Ranks) -> list[tuple[object, ...]]:
+def _rows(
+    batch: pd.DataFrame, stages: tuple[str, ...], ranks: _Ranks, *, forecast: bool = False
+) -> list[tuple[object, ...]]:
     """``(customer_id, stage, churn_probability, churn_risk, stage_probabilities JSON,
-    churn_rank, stage_churn_rank)`` per customer, in customer order."""
+    churn_rank, stage_churn_rank)`` per customer, in customer order, then with
+    ``forecast`` the ``next_stage_probabilities`` JSON (None where a value is missing)."""
     batch = batch.sort_values(CUSTOMER_ID, kind="stable")  # locality in the primary key
     p = batch["churn_probability"].to_numpy(np.float64)
     stage = batch["stage"].astype(str).to_numpy()
@@ -282,23 +304,32 @@ def _rows(batch: pd.DataFrame, stages: tuple[str, ...], ranks: _Ranks) -> list[t
     # The JSON text is joined by Arrow, whose float-to-text cast gives the shortest text
     # that reads back to the same float (as repr does): json.dumps of a dict per customer
     # would cost several seconds per million.
+    columns = [
+        batch[CUSTOMER_ID].tolist(),
+        stage.tolist(),
+        p.tolist(),
+        batch["churn_risk"].astype(str).tolist(),
+        _json_texts(batch, [f"p_{s}" for s in stages], stages),
+        overall.tolist(),
+        within.tolist(),
+    ]
+    if forecast:
+        upcoming = [f"{NEXT_PREFIX}{s}" for s in stages]
+        columns.append(_json_texts(batch, upcoming, stages, missing_is_null=True))
+    return list(zip(*columns, strict=True))
+
+
+def _json_texts(
+    batch: pd.DataFrame, columns: list[str], keys: tuple[str, ...], *, missing_is_null: bool = False
+) -> list[object]:
+    """Per row, the JSON object ``{key: value of column, ...}``; with ``missing_is_null``
+    None for a row with a missing (NaN) value, which the join turns into null."""
     parts: list[object] = []
-    for i, name in enumerate(stages):
-        parts += [("{" if i == 0 else ",") + json.dumps(name) + ":"]
-        parts.append(pc.cast(pa.array(batch[f"p_{name}"].to_numpy(np.float64)), pa.string()))
-    texts = pc.binary_join_element_wise(*parts, "}", "").to_pylist()
-    return list(
-        zip(
-            batch[CUSTOMER_ID].tolist(),
-            stage.tolist(),
-            p.tolist(),
-            batch["churn_risk"].astype(str).tolist(),
-            texts,
-            overall.tolist(),
-            within.tolist(),
-            strict=True,
-        )
-    )
+    for i, (column, key) in enumerate(zip(columns, keys, strict=True)):
+        parts.append(("{" if i == 0 else ",") + json.dumps(key) + ":")
+        values = pa.array(batch[column].to_numpy(np.float64), from_pandas=missing_is_null)
+        parts.append(pc.cast(values, pa.string()))
+    return pc.binary_join_element_wise(*parts, "}", "").to_pylist()
 
 
 _COLUMNS = (
@@ -308,7 +339,7 @@ _COLUMNS = (
 _INCOMING = (
     "CREATE TEMPORARY TABLE incoming_scores (customer_id TEXT, stage TEXT, "
     "churn_probability DOUBLE PRECISION, churn_risk TEXT, stage_probabilities TEXT, "
-    "churn_rank DOUBLE PRECISION, stage_churn_rank DOUBLE PRECISION)"
+    "churn_rank DOUBLE PRECISION, stage_churn_rank DOUBLE PRECISION{})"
 )
 
 
@@ -319,6 +350,7 @@ def _insert(
     run_id: int,
     previous: int | None,
     as_of: str,
+    forecast: bool = False,
 ) -> None:
     """Insert one batch through the driver's ``executemany`` (SQLAlchemy's per-row
     parameter handling costs seconds per million rows).
@@ -327,24 +359,30 @@ def _insert(
     that run's ``stage_since`` (``risk_since``), others get this run's ``as_of``. They are
     filled while inserting, from a temporary table joined to the previous run by primary
     key, rather than by updating the new rows afterwards (which rewrites every row).
+
+    With ``forecast`` each row ends with ``next_stage_probabilities``; without, the column
+    is left out and stays NULL, so a run without a forecast costs what it did before.
     """
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    marks = ", ".join([mark] * 7)
+    marks = ", ".join([mark] * (8 if forecast else 7))
+    columns = f"{_COLUMNS}, next_stage_probabilities" if forecast else _COLUMNS
     if previous is None:
         conn.exec_driver_sql(
-            f"INSERT INTO customer_scores ({_COLUMNS}, run_id, stage_since, risk_since) "
+            f"INSERT INTO customer_scores ({columns}, run_id, stage_since, risk_since) "
             f"VALUES ({marks}, {int(run_id)}, '{as_of}', '{as_of}')",
             rows,  # type: ignore[arg-type]
         )
         return
-    conn.exec_driver_sql(_INCOMING)
+    conn.exec_driver_sql(_INCOMING.format(", next_stage_probabilities TEXT" if forecast else ""))
     try:
         conn.exec_driver_sql(f"INSERT INTO incoming_scores VALUES ({marks})", rows)  # type: ignore[arg-type]
         fresh = f"'{as_of}'"
+        upcoming = "t.next_stage_probabilities, " if forecast else ""
         conn.exec_driver_sql(
-            f"INSERT INTO customer_scores ({_COLUMNS}, run_id, stage_since, risk_since) "
+            f"INSERT INTO customer_scores ({columns}, run_id, stage_since, risk_since) "
             "SELECT t.customer_id, t.stage, t.churn_probability, t.churn_risk, "
-            f"t.stage_probabilities, t.churn_rank, t.stage_churn_rank, {int(run_id)}, "
+            f"t.stage_probabilities, t.churn_rank, t.stage_churn_rank, {upcoming}"
+            f"{int(run_id)}, "
             f"CASE WHEN p.stage = t.stage THEN p.stage_since ELSE {fresh} END, "
             f"CASE WHEN p.churn_risk = t.churn_risk THEN p.risk_since ELSE {fresh} END "
             "FROM incoming_scores AS t LEFT JOIN customer_scores AS p "

@@ -106,6 +106,12 @@ class CustomerScore(BaseModel):
     customer_id: str
     stage: str = Field(description="Predicted lifecycle stage.")
     stage_probabilities: dict[str, float] = Field(description="Probability of each stage.")
+    next_stage_probabilities: dict[str, float] | None = Field(
+        default=None,
+        description="Probability of each stage horizon_days after as_of, from the run's "
+        "model's latent-stage forecast; null when that model has no forecast or the "
+        "customer had no history before as_of.",
+    )
     churn_probability: float = Field(ge=0, le=1)
     churn_risk: Literal["low", "medium", "high"]
     churn_rank: float = Field(
@@ -180,6 +186,7 @@ def _score(s: queries.StoredScore) -> CustomerScore:
         customer_id=s.customer_id,
         stage=s.stage,
         stage_probabilities=s.stage_probabilities,
+        next_stage_probabilities=s.next_stage_probabilities,
         churn_probability=s.churn_probability,
         churn_risk=s.churn_risk,  # type: ignore[arg-type]
         churn_rank=s.churn_rank,
@@ -243,7 +250,8 @@ router = APIRouter(tags=["customers"], dependencies=Authorized)
 )
 async def customer(customer_id: CustomerId, store: Store) -> CustomerScore:
     """The customer's score in the newest complete run that scored it: stage, stage
-    probabilities, churn probability and band, percentile ranks, `as_of`, model."""
+    probabilities, the stage forecast (`next_stage_probabilities`, null without one),
+    churn probability and band, percentile ranks, `as_of`, model."""
     found = await _read(store, lambda c: queries.latest(c, customer_id), inline=True)
     return _score(found)
 

@@ -2,8 +2,9 @@
 
 Runs are written from scores files as ``lifecycle score`` writes them, then read back:
 latest and history, ranks, change times, segments with their cursor, transitions,
-atomic visibility, schema versions, export, ``score --store`` end to end, and lookups
-that keep answering while the store is vacuumed or migrated (``lifecycle vacuum``).
+atomic visibility, schema versions, export, ``score --store`` end to end, the stage
+forecast (``p_next_<stage>``) kept beside the scores, and lookups that keep answering
+while the store is vacuumed or migrated (``lifecycle vacuum``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +21,21 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from customer_lifecycle.scoring.bundle import ModelBundle
-from customer_lifecycle.scoring.store import SCHEMA_VERSION, open_store, write_run
+from customer_lifecycle.scoring.store import SCHEMA_VERSION, open_store, schema, write_run
 from customer_lifecycle.scoring.store import queries as q
 from customer_lifecycle.scoring.store.export import export_segment
 from customer_lifecycle.scoring.store.maintenance import vacuum
 from customer_lifecycle.scoring.store.schema import (
     create_store_engine,
     ensure_schema,
+    read_version,
     runs,
     scores,
     sqlite_path,
     store_meta,
     writing,
 )
+from customer_lifecycle.scoring.store.writer import RunInfo
 from typer.testing import CliRunner
 
 from customer_lifecycle.cli import app
@@ -55,7 +58,11 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A new, empty store database: a SQLite file, or a fresh PostgreSQL database."""
     if request.param == "sqlite":
         return str(tmp_path / "scores.db")
-    server: str = request.getfixturevalue("pg_server")
+    return _pg_database(request.getfixturevalue("pg_server"))
+
+
+def _pg_database(server: str) -> str:
+    """The URL of a new, empty database on the test server."""
     name = f"store_{next(_names)}"
     admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -71,15 +78,35 @@ def engine(url: str) -> Iterator[sa.Engine]:
     eng.dispose()
 
 
+def next_probabilities(customer_id: str, stages: tuple[str, ...] = STAGES) -> dict[str, float]:
+    """The stage forecast :func:`scores_file` gives a customer: one stage, picked from the
+    id, gets 4/7, the others share the rest (floats without a short decimal form)."""
+    pick = sum(map(ord, customer_id)) % len(stages)
+    return {s: 4 / 7 if i == pick else (3 / 7) / (len(stages) - 1) for i, s in enumerate(stages)}
+
+
 def scores_file(
-    path: Path, rows: list[tuple[str, str, float]], stages: tuple[str, ...] = STAGES
+    path: Path,
+    rows: list[tuple[str, str, float]],
+    stages: tuple[str, ...] = STAGES,
+    *,
+    forecast: bool = False,
+    without_forecast: tuple[str, ...] = (),
 ) -> Path:
-    """A ``lifecycle score`` output: (customer_id, stage, churn probability) per row."""
+    """A ``lifecycle score`` output: (customer_id, stage, churn probability) per row; with
+    ``forecast`` also ``p_next_<stage>`` (:func:`next_probabilities`), missing (NaN) for
+    the customers ``without_forecast`` (no history before ``as_of``)."""
     frame = pd.DataFrame(rows, columns=["customer_id", "stage", "churn_probability"])
     p = frame["churn_probability"]
     frame["churn_risk"] = np.where(p < 0.3, "low", np.where(p < 0.6, "medium", "high"))
     for s in stages:  # the predicted stage gets 0.6, the others share the rest
         frame[f"p_{s}"] = np.where(frame["stage"] == s, 0.6, 0.4 / (len(stages) - 1))
+    if forecast:
+        for s in stages:
+            frame[f"p_next_{s}"] = [
+                np.nan if c in without_forecast else next_probabilities(c, stages)[s]
+                for c in frame["customer_id"]
+            ]
     if path.suffix == ".csv":
         frame.to_csv(path, index=False)
     else:
@@ -103,11 +130,24 @@ RUN2 = [
 ]
 
 
-def _write(engine: sa.Engine, tmp_path: Path, rows: list, as_of: str, **kw: object) -> q.Page:
-    path = scores_file(tmp_path / f"run-{as_of}.parquet", rows)
-    write_run(engine, path, model_name="m", model_version="1", as_of=as_of, **kw)  # type: ignore[arg-type]
-    with engine.connect() as conn:
-        return q.segment(conn, q.SegmentFilter(), limit=1000)
+def _write(
+    engine: sa.Engine,
+    tmp_path: Path,
+    rows: list,
+    as_of: str,
+    *,
+    suffix: str = ".parquet",
+    forecast: bool = False,
+    without_forecast: tuple[str, ...] = (),
+    **kw: object,
+) -> RunInfo:
+    path = scores_file(
+        tmp_path / f"run-{as_of}{suffix}",
+        rows,
+        forecast=forecast,
+        without_forecast=without_forecast,
+    )
+    return write_run(engine, path, model_name="m", model_version="1", as_of=as_of, **kw)  # type: ignore[arg-type]
 
 
 def test_latest_history_ranks_and_change_times(engine: sa.Engine, tmp_path: Path) -> None:
@@ -294,6 +334,72 @@ def test_readers_during_a_write_see_the_old_run_or_the_whole_new_one(
         assert q.latest(conn, "c0000").stage == "retention"
 
 
+# -- the stage forecast ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])  # CSV: a missing value is empty
+def test_the_stage_forecast_round_trips(engine: sa.Engine, tmp_path: Path, suffix: str) -> None:
+    # run 1 has no previous run, run 2 is joined to it (the other insert path); "c" had no
+    # history in run 2, and run 3 comes from a model without a forecast
+    _write(engine, tmp_path, RUN1, "2024-11-30", suffix=suffix, forecast=True)
+    _write(engine, tmp_path, RUN2, "2024-12-31", suffix=suffix, forecast=True,
+           without_forecast=("c",))  # fmt: skip
+    with engine.connect() as conn:
+        for cid, *_ in RUN2:
+            s = q.latest(conn, cid)
+            assert s.next_stage_probabilities == (None if cid == "c" else next_probabilities(cid))
+            assert s.stage_probabilities[s.stage] == 0.6  # the stages are not the forecast
+        assert [h.next_stage_probabilities for h in q.history(conn, "c")] == [
+            None,
+            next_probabilities("c"),
+        ]
+        page = q.segment(conn, q.SegmentFilter(risk="high"))
+        assert {i.customer_id: i.next_stage_probabilities for i in page.items} == {
+            "a": next_probabilities("a"),
+            "b": next_probabilities("b"),
+            "c": None,
+        }
+    _write(engine, tmp_path, RUN2, "2025-01-31", suffix=suffix)
+    with engine.connect() as conn:
+        assert q.latest(conn, "a").next_stage_probabilities is None
+        assert q.history(conn, "a")[1].next_stage_probabilities == next_probabilities("a")
+
+
+def test_a_forecast_for_only_some_stages_is_not_kept(engine: sa.Engine, tmp_path: Path) -> None:
+    path = scores_file(tmp_path / "part.parquet", RUN1, forecast=True)
+    pd.read_parquet(path).drop(columns="p_next_new").to_parquet(path, index=False)
+    run = write_run(engine, path, model_name="m", model_version="1", as_of="2024-11-30")
+    assert run.stages == STAGES
+    with engine.connect() as conn:
+        assert q.latest(conn, "a").next_stage_probabilities is None
+
+
+@pytest.mark.parametrize("name", ["seg.csv", "seg.parquet"])
+def test_export_carries_the_forecast_of_a_run_that_has_one(
+    engine: sa.Engine, tmp_path: Path, name: str
+) -> None:
+    _write(engine, tmp_path, RUN1, "2024-11-30")
+    _write(engine, tmp_path, RUN2, "2024-12-31", forecast=True, without_forecast=("a",))
+
+    def export(segment: str, run_id: int) -> pd.DataFrame:
+        out = tmp_path / f"{run_id}-{name}"
+        export_segment(engine, q.parse_segment(segment), out, run_id=run_id)
+        if name.endswith("csv"):
+            return pd.read_csv(out, dtype={"customer_id": str})
+        return pd.read_parquet(out)
+
+    frame = export("stage=active", 2)
+    assert frame["customer_id"].tolist() == ["007", "a", "b"]
+    nxt = [f"p_next_{s}" for s in STAGES]
+    columns = frame.columns.tolist()
+    assert columns[columns.index("p_retention") + 1 : columns.index("as_of")] == nxt
+    assert frame.loc[0, nxt].tolist() == list(next_probabilities("007").values())
+    assert frame.loc[1, nxt].isna().all()  # "a" had no forecast
+    # a segment of the forecast run without any forecast still has the columns
+    assert set(nxt) <= set(export("stage=new,risk=high", 2).columns)
+    assert not any(c.startswith("p_next_") for c in export("stage=active", 1).columns)
+
+
 # -- schema versions -------------------------------------------------------------------------
 
 
@@ -309,6 +415,61 @@ def test_an_older_store_is_migrated(url: str, tmp_path: Path) -> None:
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("customer_scores")}
         assert "ix_customer_scores_segment" in indexes
         assert q.latest(conn, "a").churn_probability == 0.2
+    eng.dispose()
+
+
+def test_a_version_2_store_gains_the_forecast_column(url: str, tmp_path: Path) -> None:
+    eng = create_store_engine(url)
+    assert ensure_schema(eng, target=2) == 0  # a store as version 2 wrote it
+    with eng.connect() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("customer_scores")}
+        assert "next_stage_probabilities" not in columns and "stage_probabilities" in columns
+    _write(eng, tmp_path, RUN1, "2024-11-30")
+    _write(eng, tmp_path, RUN2, "2024-12-31")
+    eng.dispose()
+    eng = open_store(url)
+    with eng.connect() as conn:
+        assert conn.execute(sa.select(store_meta.c.value)).scalar() == str(SCHEMA_VERSION)
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("customer_scores")}
+        assert "next_stage_probabilities" in columns
+        assert [r.run_id for r in q.list_runs(conn)] == [2, 1]
+        old = q.history(conn, "a")
+        assert [(h.churn_probability, h.next_stage_probabilities) for h in old] == [
+            (0.7, None),
+            (0.2, None),
+        ]
+    _write(eng, tmp_path, RUN2, "2025-01-31", forecast=True)
+    with eng.connect() as conn:
+        assert q.latest(conn, "a").next_stage_probabilities == next_probabilities("a")
+        assert q.latest(conn, "a").risk_since == "2024-12-31T00:00:00Z"  # carried over
+    eng.dispose()
+
+
+def test_a_migration_gives_up_behind_a_long_reader_on_postgres(
+    pg_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schema, "MIGRATION_LOCK_TIMEOUT_MS", 200)
+    url = _pg_database(pg_server)
+    eng = create_store_engine(url)
+    ensure_schema(eng, target=2)
+    _write(eng, tmp_path, RUN1, "2024-11-30")
+    count = sa.select(sa.func.count()).select_from(scores)
+    # a reader of version 2 (an export walking pages, say) holds the table
+    with eng.connect() as held, held.begin():
+        # were the migration to wait for it, the server ends this reader: a failure, not a hang
+        held.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = '60s'")
+        assert held.execute(count).scalar() == 5
+        with pytest.raises(ValueError, match="lock timeout") as err:
+            open_store(url)
+        assert "\n" not in str(err.value)
+        assert held.execute(count).scalar() == 5  # undisturbed
+    with eng.connect() as conn:
+        assert read_version(conn) == 2  # the failed migration left nothing behind
+    eng.dispose()
+    eng = open_store(url)  # once the reader is gone
+    with eng.connect() as conn:
+        assert read_version(conn) == SCHEMA_VERSION
+        assert q.latest(conn, "a").next_stage_probabilities is None
     eng.dispose()
 
 
@@ -433,15 +594,39 @@ def test_score_store_and_export_commands(
 # -- lookups while the store is vacuumed or migrated ------------------------------------------
 
 
-class Reader(threading.Thread):
-    """Looks customers up as the API does (``queries.latest``, one connection a request)
-    on an engine of its own, as a server process would, until stopped; keeps the time
-    span of every lookup and whatever went wrong."""
+Lookup = Callable[[sa.Connection, str], float]
 
-    def __init__(self, url: str, expected: dict[str, float]) -> None:
+
+def _latest_churn(conn: sa.Connection, customer_id: str) -> float:
+    return q.latest(conn, customer_id).churn_probability
+
+
+def _latest_churn_before_3(conn: sa.Connection, customer_id: str) -> float:
+    """The lookup of a server of an older version: every column but the forecast, which
+    its store did not have; the migration must not disturb it."""
+    known = [c for c in q._SCORE_COLUMNS if c.name != "next_stage_probabilities"]
+    row = conn.execute(
+        sa.select(*known)
+        .join(runs, runs.c.run_id == scores.c.run_id)
+        .where(scores.c.customer_id == customer_id, runs.c.state == "complete")
+        .order_by(scores.c.run_id.desc())
+        .limit(1)
+    ).one()
+    return float(row.churn_probability)
+
+
+class Reader(threading.Thread):
+    """Looks customers up as the API does (by default ``queries.latest``, one connection
+    a request) on an engine of its own, as a server process would, until stopped; keeps
+    the time span of every lookup and whatever went wrong."""
+
+    def __init__(
+        self, url: str, expected: dict[str, float], lookup: Lookup = _latest_churn
+    ) -> None:
         super().__init__(daemon=True)
         self.engine = create_store_engine(url)
         self.expected = expected
+        self.lookup = lookup
         self.spans: list[tuple[float, float]] = []
         self.problems: list[object] = []
         self.stop = threading.Event()
@@ -453,7 +638,7 @@ class Reader(threading.Thread):
                 cid = next(ids)
                 start = time.perf_counter()
                 with self.engine.connect() as conn:
-                    got = q.latest(conn, cid).churn_probability
+                    got = self.lookup(conn, cid)
                 self.spans.append((start, time.perf_counter()))
                 if got != self.expected[cid]:
                     self.problems.append((cid, got, self.expected[cid]))
@@ -535,7 +720,9 @@ def test_lookups_keep_answering_during_a_migration(url: str, tmp_path: Path) -> 
     ensure_schema(eng, target=1)  # a store as version 1 wrote it
     _write(eng, tmp_path, _many(10_000, 0.3), "2024-11-30")
     expected = {cid: p for cid, _, p in _many(10_000, 0.3)}
-    reader = Reader(url, expected)
+    # the server reading meanwhile is one of the version the store was written by (a
+    # server of this version migrates the store when it opens it)
+    reader = Reader(url, expected, _latest_churn_before_3)
     reader.start()
     while not reader.spans and reader.is_alive():
         time.sleep(0.001)
@@ -548,6 +735,7 @@ def test_lookups_keep_answering_during_a_migration(url: str, tmp_path: Path) -> 
             break
         with writing(eng) as conn:  # back to version 1, to migrate again
             conn.exec_driver_sql("DROP INDEX ix_customer_scores_segment")
+            conn.exec_driver_sql("ALTER TABLE customer_scores DROP COLUMN next_stage_probabilities")
             conn.execute(store_meta.update().values(value="1"))
     reader.finish()
     assert overlapped > 0
@@ -555,6 +743,8 @@ def test_lookups_keep_answering_during_a_migration(url: str, tmp_path: Path) -> 
         assert conn.execute(sa.select(store_meta.c.value)).scalar() == str(SCHEMA_VERSION)
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("customer_scores")}
         assert "ix_customer_scores_segment" in indexes
+        assert q.latest(conn, "c00001").next_stage_probabilities is None
+        assert q.latest(conn, "c00001").churn_probability == expected["c00001"]
     eng.dispose()
 
 

@@ -12,7 +12,7 @@ from customer_lifecycle.scoring.store import open_store, write_run
 from customer_lifecycle.serving.app import create_app
 from fastapi.testclient import TestClient
 
-from tests.scoring.test_store import RUN1, RUN2, scores_file
+from tests.scoring.test_store import RUN1, RUN2, next_probabilities, scores_file
 from tests.serving.support import KEYS, settings
 
 AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
@@ -23,8 +23,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("store")
     path = root / "scores.db"
     engine = open_store(path)
+    # run 1 from a model without a stage forecast, run 2 with one ("c": no history)
     for rows, as_of in ((RUN1, "2024-11-30"), (RUN2, "2024-12-31")):
-        file = scores_file(root / f"{as_of}.parquet", rows)
+        forecast = rows is RUN2
+        file = scores_file(
+            root / f"{as_of}.parquet", rows, forecast=forecast, without_forecast=("c",)
+        )
         write_run(engine, file, model_name="m", model_version="3", as_of=as_of)
     engine.dispose()
     return str(path)
@@ -74,6 +78,24 @@ def test_unknown_ids_and_runs_are_404(client: TestClient) -> None:
 def test_history_newest_first(client: TestClient) -> None:
     body = client.get("/v1/customers/a/history", headers=AUTH).json()
     assert [s["churn_risk"] for s in body["scores"]] == ["high", "low"]
+
+
+def test_the_stage_forecast_is_returned(client: TestClient) -> None:
+    body = client.get("/v1/customers/007", headers=AUTH).json()
+    assert body["next_stage_probabilities"] == next_probabilities("007")
+    assert client.get("/v1/customers/c", headers=AUTH).json()["next_stage_probabilities"] is None
+    history = client.get("/v1/customers/a/history", headers=AUTH).json()["scores"]
+    assert [s["next_stage_probabilities"] for s in history] == [next_probabilities("a"), None]
+    page = client.get("/v1/segments?risk=high", headers=AUTH).json()
+    assert {c["customer_id"]: c["next_stage_probabilities"] for c in page["customers"]} == {
+        "a": next_probabilities("a"),
+        "b": next_probabilities("b"),
+        "c": None,
+    }
+    old = client.get("/v1/segments?run_id=1&limit=1", headers=AUTH).json()["customers"]
+    assert old[0]["next_stage_probabilities"] is None
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["CustomerScore"]
+    assert "next_stage_probabilities" in schema["properties"]
 
 
 def test_segments_page_by_cursor(client: TestClient) -> None:

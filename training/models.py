@@ -32,9 +32,13 @@ from sklearn.preprocessing import StandardScaler
 
 DEFAULT_LGB_PARAMS: dict[str, Any] = {
     "learning_rate": 0.05,
-    "num_leaves": 31,
-    "min_data_in_leaf": 40,
-    "feature_fraction": 0.8,
+    # Judged on the worst of six scenario-family scenarios at two seeds (9,000 labels):
+    # 15 leaves, 80 rows per leaf and half the features per tree raised the worst stage
+    # ratio to the oracle from 0.950 to 0.958 and left the worst churn gap where it was
+    # (0.0111 against 0.0107), with a smaller mean churn gap, against 31 / 40 / 0.8.
+    "num_leaves": 15,
+    "min_data_in_leaf": 80,
+    "feature_fraction": 0.5,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
     "lambda_l2": 1.0,

@@ -354,12 +354,15 @@ def test_three_stages_score_to_a_file(three: dict, shop: dict, store: Path) -> N
     )  # fmt: skip
     assert code == 0, err
     scores = pd.read_csv(out)
+    # the stage probabilities, then the forecast of the latent-stage model 90 days ahead
     assert list(scores.columns) == [
         "customer_id", "stage", "churn_probability", "churn_risk", "p_new", "p_returning",
-        "p_loyal",
+        "p_loyal", "p_next_new", "p_next_returning", "p_next_loyal",
     ]  # fmt: skip
     assert set(scores["stage"]) <= set(THREE)
     assert scores[["p_new", "p_returning", "p_loyal"]].sum(axis=1).round(6).eq(1).all()
+    forecast = scores[["p_next_new", "p_next_returning", "p_next_loyal"]]
+    assert forecast.sum(axis=1).round(6).eq(1).all()
 
 
 @pytest.mark.slow
@@ -468,7 +471,9 @@ def test_hubspot_trains_evaluates_and_scores(hubspot: dict, shop: dict, store: P
     )  # fmt: skip
     assert code == 0, err
     scores = pd.read_parquet(scores_path)
-    assert list(scores.columns[4:]) == [f"p_{s}" for s in HUBSPOT]
+    assert list(scores.columns[4:]) == [f"p_{s}" for s in HUBSPOT] + [
+        f"p_next_{s}" for s in HUBSPOT
+    ]
     assert set(scores["stage"]) <= set(HUBSPOT)
 
 

@@ -6,7 +6,14 @@ writes a run; :mod:`.queries` reads; :mod:`.export` writes a segment to a file;
 :mod:`.maintenance` vacuums the store while it serves.
 """
 
-from customer_lifecycle.scoring.store.schema import SCHEMA_VERSION, open_store
+from customer_lifecycle.scoring.store.schema import SCHEMA_VERSION, VALUE_COLUMNS, open_store
 from customer_lifecycle.scoring.store.writer import DEFAULT_KEEP_RUNS, RunInfo, write_run
 
-__all__ = ["DEFAULT_KEEP_RUNS", "SCHEMA_VERSION", "RunInfo", "open_store", "write_run"]
+__all__ = [
+    "DEFAULT_KEEP_RUNS",
+    "SCHEMA_VERSION",
+    "VALUE_COLUMNS",
+    "RunInfo",
+    "open_store",
+    "write_run",
+]

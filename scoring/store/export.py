@@ -18,6 +18,7 @@ from customer_lifecycle.scoring.store.queries import (
     StoredScore,
     get_run,
     has_forecast,
+    has_value,
     segment,
 )
 from customer_lifecycle.scoring.store.writer import RunInfo
@@ -38,8 +39,11 @@ def export_segment(
 
     Columns: ``customer_id, stage, churn_probability, churn_risk, churn_rank,
     stage_churn_rank, stage_since, risk_since, p_<stage>...``, then ``p_next_<stage>...``
-    when the run has a stage forecast (empty for a customer without one), then ``as_of,
-    model_name, model_version``. Returns the number of rows and the run.
+    when the run has a stage forecast (empty for a customer without one), then
+    ``expected_purchases, expected_spend, next_purchase_date, value_tier,
+    value_horizon_days`` when the run has customer value (empty where missing; the
+    horizon is empty when the store was not told it), then ``as_of, model_name,
+    model_version``. Returns the number of rows and the run.
 
     Raises
     ------
@@ -59,16 +63,17 @@ def export_segment(
     try:
         with engine.connect() as conn:
             # decided once for the run: every page, and an empty export, has the same columns
-            forecast = has_forecast(conn, get_run(conn, run_id).run_id)
+            chosen = get_run(conn, run_id).run_id
+            forecast, value = has_forecast(conn, chosen), has_value(conn, chosen)
             while True:
                 page = segment(conn, seg, run_id=run_id, cursor=cursor, limit=PAGE_ROWS)
                 if page.items:
-                    sink.append(_frame(page.items, page.run.stages, forecast))
+                    sink.append(_frame(page.items, page.run, forecast, value))
                 n += len(page.items)
                 cursor = page.next_cursor
                 if cursor is None:
                     break
-        sink.commit(empty=_frame([], page.run.stages, forecast))
+        sink.commit(empty=_frame([], page.run, forecast, value))
     except BaseException:
         sink.discard()
         raise
@@ -78,7 +83,8 @@ def export_segment(
 _COMPANIONS = ("-wal", "-shm", "-journal")
 
 
-def _frame(items: list[StoredScore], stages: tuple[str, ...], forecast: bool) -> pd.DataFrame:
+def _frame(items: list[StoredScore], run: RunInfo, forecast: bool, value: bool) -> pd.DataFrame:
+    stages = run.stages
     frame = pd.DataFrame(
         {
             "customer_id": pd.Series([s.customer_id for s in items], dtype="str"),
@@ -106,6 +112,19 @@ def _frame(items: list[StoredScore], stages: tuple[str, ...], forecast: bool) ->
                 ],
                 dtype="float64",
             )
+    if value:
+        values = [s.value for s in items]
+        for name in ("expected_purchases", "expected_spend"):
+            frame[name] = pd.Series(
+                [None if v is None else getattr(v, name) for v in values], dtype="float64"
+            )
+        for name in ("next_purchase_date", "value_tier"):
+            frame[name] = pd.Series(
+                [None if v is None else getattr(v, name) for v in values], dtype="str"
+            )
+        frame["value_horizon_days"] = pd.Series(
+            [run.value_horizon_days] * len(items), dtype="Int64"
+        )
     frame["as_of"] = pd.Series([s.as_of for s in items], dtype="str")
     frame["model_name"] = pd.Series([s.model_name for s in items], dtype="str")
     frame["model_version"] = pd.Series([s.model_version for s in items], dtype="str")

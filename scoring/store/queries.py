@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from customer_lifecycle.scoring.bundle import RISK_BANDS
-from customer_lifecycle.scoring.store.schema import runs, scores, utc_text
+from customer_lifecycle.scoring.store.schema import (
+    VALUE_TIER_PATTERN,
+    runs,
+    scores,
+    utc_text,
+)
 from customer_lifecycle.scoring.store.writer import RunInfo, run_info
 from sqlalchemy import Connection, and_, bindparam, func, or_, select
 
@@ -24,6 +30,22 @@ MAX_PAGE = 1000
 
 class NotFound(LookupError):
     """An unknown (or no longer kept) run or customer."""
+
+
+@dataclass(frozen=True)
+class StoredValue:
+    """A customer's value over the value horizon of a run, as ``lifecycle score`` gave it."""
+
+    #: Expected number of purchases within the horizon; None without a prediction.
+    expected_purchases: float | None
+    #: Expected spend within the horizon; None without a prediction or purchase amounts.
+    expected_spend: float | None
+    #: Expected date of the next purchase, ``YYYY-MM-DD``; None without a prediction.
+    next_purchase_date: str | None
+    #: ``top_1``, ``top_5``, ..., ``rest``, or ``unknown`` (no prediction).
+    value_tier: str
+    #: Days after ``as_of`` the expectations cover; None when the store was not told.
+    horizon_days: int | None
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,8 @@ class StoredScore:
     stage_churn_rank: float
     stage_since: str
     risk_since: str
+    #: The customer's value; None when the run's model has no value model.
+    value: StoredValue | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,7 @@ class SegmentFilter:
     max_churn: float | None = None
     stage_changed_since: str | None = None
     risk_changed_since: str | None = None
+    value_tier: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +123,11 @@ _SCORE_COLUMNS = (
     scores.c.stage_churn_rank,
     scores.c.stage_since,
     scores.c.risk_since,
+    scores.c.expected_purchases,
+    scores.c.expected_spend,
+    scores.c.next_purchase_date,
+    scores.c.value_tier,
+    runs.c.value_horizon_days,
 )
 _COMPLETE = runs.c.state == "complete"
 
@@ -159,6 +189,19 @@ def has_forecast(conn: Connection, run_id: int) -> bool:
     return conn.execute(q).first() is not None
 
 
+def has_value(conn: Connection, run_id: int) -> bool:
+    """Whether the run's scores have a customer value (its model had a value model).
+
+    As :func:`has_forecast`: a run with value answers at its first customer.
+    """
+    q = (
+        select(scores.c.customer_id)
+        .where(scores.c.run_id == run_id, scores.c.value_tier.is_not(None))
+        .limit(1)
+    )
+    return conn.execute(q).first() is not None
+
+
 def encode_cursor(run_id: int, after: str, from_run: int | None = None) -> str:
     """An opaque cursor: the run(s) of the walk and the last customer id returned."""
     doc: dict[str, Any] = {"r": run_id, "a": after}
@@ -181,9 +224,17 @@ def parse_segment(text: str) -> SegmentFilter:
     """A segment from ``key=value`` pairs separated by commas (``lifecycle export``).
 
     Keys: ``stage``, ``risk``, ``min_churn``, ``max_churn``, ``stage_changed_since``,
-    ``risk_changed_since``. ValueError names a bad pair.
+    ``risk_changed_since``, ``value_tier``. ValueError names a bad pair.
     """
-    keys = ("stage", "risk", "min_churn", "max_churn", "stage_changed_since", "risk_changed_since")
+    keys = (
+        "stage",
+        "risk",
+        "min_churn",
+        "max_churn",
+        "stage_changed_since",
+        "risk_changed_since",
+        "value_tier",
+    )
     given: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = (x.strip() for x in part.partition("="))
@@ -205,9 +256,15 @@ def parse_segment(text: str) -> SegmentFilter:
 
 
 def check_segment(seg: SegmentFilter) -> SegmentFilter:
-    """The segment, or ValueError for an unknown risk band or an empty probability range."""
+    """The segment, or ValueError for an unknown risk band or value tier, or an empty
+    probability range."""
     if seg.risk is not None and seg.risk not in RISK_BANDS:
         raise ValueError(f"unknown risk band {seg.risk!r}; use one of {', '.join(RISK_BANDS)}")
+    if seg.value_tier is not None and not re.fullmatch(VALUE_TIER_PATTERN, seg.value_tier):
+        raise ValueError(
+            f"unknown value tier {seg.value_tier!r}; use top_<percent> (top_1, top_5, ...), "
+            "rest or unknown"
+        )
     lo = 0.0 if seg.min_churn is None else seg.min_churn
     hi = 1.0 if seg.max_churn is None else seg.max_churn
     if not (0.0 <= lo <= 1.0 and 0.0 <= hi <= 1.0 and lo <= hi):
@@ -262,6 +319,8 @@ def _segment_conditions(seg: SegmentFilter) -> list[Any]:
         out.append(c.stage_since >= seg.stage_changed_since)
     if seg.risk_changed_since is not None:
         out.append(c.risk_since >= seg.risk_changed_since)
+    if seg.value_tier is not None:
+        out.append(c.value_tier == seg.value_tier)
     return out
 
 
@@ -353,6 +412,25 @@ def _score(row: Any) -> StoredScore:
         stage_churn_rank=float(m["stage_churn_rank"]),
         stage_since=m["stage_since"],
         risk_since=m["risk_since"],
+        value=_value(m),
+    )
+
+
+def _value(m: Any) -> StoredValue | None:
+    """The value of a score row; None for a run without value (its tier is NULL)."""
+    if m["value_tier"] is None:
+        return None
+    purchases, spend, horizon = (
+        m["expected_purchases"],
+        m["expected_spend"],
+        m["value_horizon_days"],
+    )
+    return StoredValue(
+        expected_purchases=None if purchases is None else float(purchases),
+        expected_spend=None if spend is None else float(spend),
+        next_purchase_date=m["next_purchase_date"],
+        value_tier=m["value_tier"],
+        horizon_days=None if horizon is None else int(horizon),
     )
 
 
@@ -362,12 +440,14 @@ __all__ = [
     "Page",
     "SegmentFilter",
     "StoredScore",
+    "StoredValue",
     "Transition",
     "check_segment",
     "decode_cursor",
     "encode_cursor",
     "get_run",
     "has_forecast",
+    "has_value",
     "history",
     "latest",
     "list_runs",

@@ -45,7 +45,15 @@ BUSY_TIMEOUT_MS = 30_000
 MIGRATION_LOCK_TIMEOUT_MS = 5_000
 
 #: The schema version this code writes and reads; older stores are migrated to it.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+# the same names as scoring.bundle.VALUE_COLUMNS
+#: A score's customer value over the value horizon, in the order of the scores file.
+VALUE_COLUMNS = ("expected_purchases", "expected_spend", "next_purchase_date", "value_tier")
+
+#: The labels a value tier can have: ``top_<percent>`` (``top_1``, ``top_5``, ``top_2.5``
+#: for configured shares), ``rest`` and ``unknown`` (no prediction).
+VALUE_TIER_PATTERN = r"^(top_[0-9]+(\.[0-9]+)?|rest|unknown)$"
 
 metadata = MetaData()
 
@@ -56,21 +64,35 @@ store_meta = Table(
     Column("value", String(255), nullable=False),
 )
 
+
+def _run_columns() -> list[Column[Any]]:
+    """The columns of ``score_runs`` as version 1 created them (fresh objects)."""
+    return [
+        Column("run_id", Integer, primary_key=True, autoincrement=True),
+        Column("state", String(16), nullable=False),  # pending, complete
+        Column("model_name", String, nullable=False),
+        Column("model_version", String, nullable=False),
+        Column("as_of", String(32), nullable=False),  # times are UTC text, see utc_text
+        Column("customers", Integer, nullable=False),
+        Column("risk_bands", Text, nullable=False),  # JSON {"low": n, "medium": n, "high": n}
+        Column("stages", Text, nullable=False),  # JSON list, the model's stages in order
+        Column("created_at", String(32), nullable=False),
+        Column("completed_at", String(32)),
+    ]
+
+
 #: One row per batch run; readers only ever see runs whose ``state`` is ``complete``.
 runs = Table(
     "score_runs",
     metadata,
-    Column("run_id", Integer, primary_key=True, autoincrement=True),
-    Column("state", String(16), nullable=False),  # pending, complete
-    Column("model_name", String, nullable=False),
-    Column("model_version", String, nullable=False),
-    Column("as_of", String(32), nullable=False),  # times are UTC text, see utc_text
-    Column("customers", Integer, nullable=False),
-    Column("risk_bands", Text, nullable=False),  # JSON {"low": n, "medium": n, "high": n}
-    Column("stages", Text, nullable=False),  # JSON list, the model's stages in order
-    Column("created_at", String(32), nullable=False),
-    Column("completed_at", String(32)),
+    *_run_columns(),
+    # days ahead that the value columns of the run's scores look (version 4); NULL when
+    # the run has no value or its writer was not told the horizon
+    Column("value_horizon_days", Integer),
 )
+
+#: ``score_runs`` as version 1 created it.
+_runs_v1 = Table("score_runs", MetaData(), *_run_columns())
 
 
 def _score_columns() -> list[Column[Any]]:
@@ -99,6 +121,12 @@ scores = Table(
     # JSON {"stage": p, ...} horizon_days ahead (version 3); NULL when the run's model has
     # no forecast or the customer had no history to forecast from
     Column("next_stage_probabilities", Text),
+    # the customer's value over the run's value horizon (version 4), NULL when the run's
+    # model has no value model; next_purchase_date is an ISO date "YYYY-MM-DD"
+    Column("expected_purchases", Float),
+    Column("expected_spend", Float),  # also NULL when the log has no purchase amounts
+    Column("next_purchase_date", Text),
+    Column("value_tier", Text),
     sqlite_with_rowid=False,
 )
 
@@ -109,7 +137,8 @@ _scores_v1 = Table("customer_scores", MetaData(), *_score_columns(), sqlite_with
 
 def _migration_1(conn: Connection) -> None:
     """The tables, and the index by run that writing, pruning and paging walk."""
-    metadata.create_all(conn, tables=[store_meta, runs])
+    metadata.create_all(conn, tables=[store_meta])
+    _runs_v1.create(conn, checkfirst=True)
     _scores_v1.create(conn, checkfirst=True)
     conn.exec_driver_sql(
         "CREATE INDEX IF NOT EXISTS ix_customer_scores_run ON customer_scores (run_id, customer_id)"
@@ -143,8 +172,39 @@ def _migration_3(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE customer_scores ADD COLUMN next_stage_probabilities TEXT")
 
 
+def _migration_4(conn: Connection) -> None:
+    """The customer value of each score (:data:`VALUE_COLUMNS`, nullable) and the value
+    horizon of each run (``score_runs.value_horizon_days``, nullable).
+
+    As :func:`_migration_3`: nullable columns without a default rewrite no row, and on
+    PostgreSQL the migration gives up after :data:`MIGRATION_LOCK_TIMEOUT_MS` rather than
+    queue lookups behind a long reader. The scores of older runs read back with no value.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(MIGRATION_LOCK_TIMEOUT_MS)}")
+    wanted = {
+        scores.name: {
+            "expected_purchases": "FLOAT",
+            "expected_spend": "FLOAT",
+            "next_purchase_date": "TEXT",
+            "value_tier": "TEXT",
+        },
+        runs.name: {"value_horizon_days": "INTEGER"},
+    }
+    for table, columns in wanted.items():
+        present = {c["name"] for c in inspect(conn).get_columns(table)}
+        for name, kind in columns.items():
+            if name not in present:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
 #: ``MIGRATIONS[v - 1]`` takes a store from version ``v - 1`` to ``v`` (0: empty database).
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2, _migration_3)
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -349,6 +409,8 @@ __all__ = [
     "MIGRATIONS",
     "MIGRATION_LOCK_TIMEOUT_MS",
     "SCHEMA_VERSION",
+    "VALUE_COLUMNS",
+    "VALUE_TIER_PATTERN",
     "create_store_engine",
     "display_url",
     "ensure_schema",

@@ -7,6 +7,13 @@ second inserts the rows in batches under a run whose state is ``pending``. The r
 becomes ``complete`` in one transaction, together with the change times carried over
 from the previous run and the removal of runs beyond ``keep_runs``; readers only ever
 see complete runs, so a lookup during the write answers from the previous run.
+
+Optional parts of a scores file are kept when the file has all of their columns: the stage
+forecast (``p_next_<stage>`` of every stage) and the customer value (:data:`VALUE_COLUMNS`).
+A value the store cannot stand behind (a negative or infinite expectation, a date that is
+not ``YYYY-MM-DD``, a missing or unknown tier) refuses the whole run in one line rather
+than storing it as "no value": such a value is a broken model or file, and a run is
+never half-written.
 """
 
 from __future__ import annotations
@@ -24,7 +31,14 @@ import pyarrow.compute as pc
 from customer_lifecycle.features.contract import CUSTOMER_ID
 from customer_lifecycle.features.io import table_format
 from customer_lifecycle.scoring.bundle import NEXT_PREFIX, RISK_BANDS
-from customer_lifecycle.scoring.store.schema import runs, scores, utc_text, writing
+from customer_lifecycle.scoring.store.schema import (
+    VALUE_COLUMNS,
+    VALUE_TIER_PATTERN,
+    runs,
+    scores,
+    utc_text,
+    writing,
+)
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 DEFAULT_KEEP_RUNS = 10
@@ -45,6 +59,8 @@ class RunInfo:
     stages: tuple[str, ...]
     created_at: str
     completed_at: str | None
+    #: Days ahead the value of the run's scores looks; None without value or when unknown.
+    value_horizon_days: int | None = None
 
 
 def latest_as_of(engine: Engine) -> str | None:
@@ -77,6 +93,7 @@ def write_run(
     as_of: object,
     keep_runs: int = DEFAULT_KEEP_RUNS,
     batch_rows: int = BATCH_ROWS,
+    value_horizon_days: int | None = None,
 ) -> RunInfo:
     """Write the scores file of one run into the store; the run is visible once complete.
 
@@ -87,30 +104,52 @@ def write_run(
     scores_path
         A complete ``lifecycle score`` output: ``customer_id, stage, churn_probability,
         churn_risk, p_<stage>...`` and, from a model with a stage forecast,
-        ``p_next_<stage>...``, Parquet or CSV. The forecast is kept when the file has it
-        for every stage (NULL for a customer whose forecast is missing), else NULL.
+        ``p_next_<stage>...``, and from a model with a value model ``expected_purchases,
+        expected_spend, next_purchase_date, value_tier``; Parquet or CSV. The forecast is
+        kept when the file has it for every stage (NULL for a customer whose forecast is
+        missing), else NULL; the value when the file has all four columns, else NULL (a
+        missing expectation or date, NaN or empty, is kept as NULL).
     model_name, model_version
         The model that scored the run.
     as_of
         The run's ``as_of`` (not before the store's newest run).
     keep_runs
         Complete runs kept per store, this one included; older ones are removed.
+    batch_rows
+        Rows read and inserted per transaction.
+    value_horizon_days
+        The horizon of the value columns (the model's), kept with the run and returned
+        with each value; None when not known. Ignored for a file without value.
+
+    Returns
+    -------
+    RunInfo
+        The run as stored, complete.
 
     Raises
     ------
     ValueError
-        On a file without the score columns, an ``as_of`` older than the newest run, or
-        ``keep_runs < 1``. Nothing becomes visible; the pending rows are removed.
+        On a file without the score columns, an ``as_of`` older than the newest run,
+        ``keep_runs < 1``, a value horizon below one day, or a value the store refuses
+        (a negative or infinite ``expected_*``, a ``next_purchase_date`` that is not an
+        ISO date, a missing or unknown ``value_tier``). Nothing becomes visible; the
+        pending rows are removed.
     """
     if keep_runs < 1:
         raise ValueError(f"--keep-runs must be at least 1, got {keep_runs}")
+    if value_horizon_days is not None and value_horizon_days < 1:
+        raise ValueError(f"the value horizon must be at least 1 day, got {value_horizon_days}")
     path = Path(scores_path)
-    stages, forecast = _stages(path)
+    stages, forecast, value = _stages(path)
     check_as_of(engine, as_of)
     as_of_text = utc_text(as_of)
     ranks = _Ranks.of(path, stages)
     bands = dict.fromkeys(RISK_BANDS, 0)
     created = _now()
+    # A run without value names no column of version 4 (as its scores leave theirs out),
+    # so it can be written into a store of an older version: the migration tests build
+    # their older stores so.
+    horizon = {"value_horizon_days": value_horizon_days} if value else {}
     with writing(engine) as conn:
         inserted = conn.execute(
             insert(runs).values(
@@ -122,6 +161,7 @@ def write_run(
                 risk_bands="{}",
                 stages=json.dumps(list(stages)),
                 created_at=created,
+                **horizon,
             )
         ).inserted_primary_key
         assert inserted is not None
@@ -130,8 +170,8 @@ def write_run(
         with engine.connect() as conn:
             previous = _newest_before(conn, run_id)
         n = 0
-        for batch in _batches(path, stages, batch_rows, forecast=forecast):
-            rows = _rows(batch, stages, ranks, forecast=forecast)
+        for batch in _batches(path, stages, batch_rows, forecast=forecast, value=value):
+            rows = _rows(batch, stages, ranks, forecast=forecast, value=value)
             for band, count in batch["churn_risk"].value_counts().items():
                 bands[str(band)] = bands.get(str(band), 0) + int(count)
             with writing(engine) as conn:
@@ -142,6 +182,7 @@ def write_run(
                     previous=previous,
                     as_of=as_of_text,
                     forecast=forecast,
+                    value=value,
                 )
             n += len(batch)
         with writing(engine) as conn:
@@ -167,8 +208,9 @@ def write_run(
             conn.execute(delete(scores).where(scores.c.run_id == run_id))
             conn.execute(delete(runs).where(runs.c.run_id == run_id))
         raise
+    known = [c for c in runs.c if value or c.name != "value_horizon_days"]
     with engine.connect() as conn:
-        row = conn.execute(select(runs).where(runs.c.run_id == run_id)).one()
+        row = conn.execute(select(*known).where(runs.c.run_id == run_id)).one()
     return run_info(row._mapping)
 
 
@@ -185,6 +227,9 @@ def run_info(row: object) -> RunInfo:
         stages=tuple(json.loads(r["stages"])),
         created_at=r["created_at"],
         completed_at=r["completed_at"],
+        value_horizon_days=(
+            None if r.get("value_horizon_days") is None else int(r["value_horizon_days"])
+        ),
     )
 
 
@@ -192,9 +237,10 @@ def _now() -> str:
     return utc_text(datetime.now(UTC))
 
 
-def _stages(path: Path) -> tuple[tuple[str, ...], bool]:
-    """The model's stages, from the ``p_<stage>`` columns of the scores file, and whether
-    the file has the stage forecast ``p_next_<stage>`` of every stage.
+def _stages(path: Path) -> tuple[tuple[str, ...], bool, bool]:
+    """The model's stages, from the ``p_<stage>`` columns of the scores file, whether
+    the file has the stage forecast ``p_next_<stage>`` of every stage, and whether it has
+    every value column.
 
     ``p_next_<stage>`` (the forecast of a model with a latent-stage model) is not a stage
     when ``p_<stage>`` is a column too.
@@ -216,7 +262,8 @@ def _stages(path: Path) -> tuple[tuple[str, ...], bool]:
         raise ValueError(
             f"{path} is not a scores file: it lacks {missing or ['p_<stage> columns']}"
         )
-    return stages, all(f"{NEXT_PREFIX}{s}" in present_columns for s in stages)
+    forecast = all(f"{NEXT_PREFIX}{s}" in present_columns for s in stages)
+    return stages, forecast, all(c in present_columns for c in VALUE_COLUMNS)
 
 
 def _batches(
@@ -226,10 +273,12 @@ def _batches(
     columns: list[str] | None = None,
     *,
     forecast: bool = False,
+    value: bool = False,
 ) -> Iterator[pd.DataFrame]:
     """The scores file in frames of at most ``batch_rows`` rows (ids as text)."""
     upcoming = [f"{NEXT_PREFIX}{s}" for s in stages] if forecast else []
-    wanted = columns or [*_FIXED, *(f"p_{s}" for s in stages), *upcoming]
+    valued = list(VALUE_COLUMNS) if value else []
+    wanted = columns or [*_FIXED, *(f"p_{s}" for s in stages), *upcoming, *valued]
     if table_format(path) == "parquet":
         import pyarrow.parquet as pq
 
@@ -240,14 +289,22 @@ def _batches(
                     frame[CUSTOMER_ID] = frame[CUSTOMER_ID].astype(str)
                 yield frame
         return
-    dtype = {CUSTOMER_ID: str, "stage": str, "churn_risk": str}
+    dtype = {
+        CUSTOMER_ID: str,
+        "stage": str,
+        "churn_risk": str,
+        "next_purchase_date": str,
+        "value_tier": str,
+    }
+    # a missing forecast or value is an empty field (pandas, Spark) and must read as NaN;
+    # a missing tier stays "" and is refused
+    missing = [*upcoming, *valued[:3]]
     with pd.read_csv(
         path,
         usecols=wanted,
         dtype={k: v for k, v in dtype.items() if k in wanted},
         keep_default_na=False,  # an id such as "NA" stays an id
-        # a missing forecast is an empty field (pandas, Spark) and must read as NaN
-        na_values={c: ["", "nan", "NaN"] for c in upcoming if c in wanted},
+        na_values={c: ["", "nan", "NaN"] for c in missing if c in wanted},
         chunksize=batch_rows,
     ) as reader:
         yield from reader
@@ -292,11 +349,17 @@ def _percentile(sorted_values: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def _rows(
-    batch: pd.DataFrame, stages: tuple[str, ...], ranks: _Ranks, *, forecast: bool = False
+    batch: pd.DataFrame,
+    stages: tuple[str, ...],
+    ranks: _Ranks,
+    *,
+    forecast: bool = False,
+    value: bool = False,
 ) -> list[tuple[object, ...]]:
     """``(customer_id, stage, churn_probability, churn_risk, stage_probabilities JSON,
     churn_rank, stage_churn_rank)`` per customer, in customer order, then with
-    ``forecast`` the ``next_stage_probabilities`` JSON (None where a value is missing)."""
+    ``forecast`` the ``next_stage_probabilities`` JSON (None where a value is missing),
+    then with ``value`` the checked :data:`VALUE_COLUMNS` (None where missing)."""
     batch = batch.sort_values(CUSTOMER_ID, kind="stable")  # locality in the primary key
     p = batch["churn_probability"].to_numpy(np.float64)
     stage = batch["stage"].astype(str).to_numpy()
@@ -316,7 +379,86 @@ def _rows(
     if forecast:
         upcoming = [f"{NEXT_PREFIX}{s}" for s in stages]
         columns.append(_json_texts(batch, upcoming, stages, missing_is_null=True))
+    if value:
+        columns += _value_columns(batch)
     return list(zip(*columns, strict=True))
+
+
+def _value_columns(batch: pd.DataFrame) -> list[list[object]]:
+    """The :data:`VALUE_COLUMNS` of a batch as stored: expectations as floats and the date
+    as ``YYYY-MM-DD`` text, None where missing; the tier as given.
+
+    Raises ValueError, naming a customer, for a negative or infinite expectation, a date
+    that is not one, or a tier that is missing or not a tier label.
+    """
+    ids = batch[CUSTOMER_ID]
+    out: list[list[object]] = []
+    for name in VALUE_COLUMNS[:2]:
+        try:
+            x = batch[name].to_numpy(np.float64, na_value=np.nan)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be numbers in the scores file") from None
+        bad = ~np.isnan(x) & ~(np.isfinite(x) & (x >= 0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"{name} of customer {ids.iloc[i]!r} is {x[i]}: expected values must be "
+                "finite and not negative (the run is not stored; the scores file is kept)"
+            )
+        out.append(pa.array(x, from_pandas=True).to_pylist())  # NaN -> None
+    out.append(_iso_dates(batch["next_purchase_date"], ids))
+    tiers = _text(batch["value_tier"], "value_tier")
+    ok = pc.fill_null(pc.match_substring_regex(tiers, VALUE_TIER_PATTERN), False)
+    _refuse_first(
+        ok,
+        ids,
+        tiers,
+        "value_tier",
+        "expected top_<percent>, rest or unknown",
+    )
+    out.append(tiers.to_pylist())
+    return out
+
+
+def _text(column: pd.Series, name: str) -> pa.Array:
+    """A text column as an Arrow string array (null where missing)."""
+    try:
+        array = pa.array(column, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise ValueError(f"{name} must be text in the scores file") from None
+    if pa.types.is_null(array.type):
+        return array.cast(pa.string())
+    return array
+
+
+def _refuse_first(ok: pa.Array, ids: pd.Series, values: pa.Array, name: str, want: str) -> None:
+    """ValueError naming the first customer whose ``ok`` is false."""
+    flags = ok.to_numpy(zero_copy_only=False)
+    if not flags.all():
+        i = int(np.argmax(~flags))
+        raise ValueError(
+            f"{name} of customer {ids.iloc[i]!r} is {values[i].as_py()!r}: {want} "
+            "(the run is not stored; the scores file is kept)"
+        )
+
+
+def _iso_dates(column: pd.Series, ids: pd.Series) -> list[object]:
+    """Dates as ``YYYY-MM-DD`` text (None where missing) from text, dates or timestamps;
+    ValueError naming a customer whose text is not an ISO date."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        column = column.dt.strftime("%Y-%m-%d")
+    array = _text(column, "next_purchase_date")
+    if pa.types.is_date(array.type):  # a Parquet date column
+        array = pc.strftime(array.cast(pa.timestamp("s")), format="%Y-%m-%d")
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        raise ValueError("next_purchase_date must be dates in the scores file")
+    # Arrow's parser rolls 2025-02-30 over to March and takes 2025-1-5: a date is one
+    # that prints back as given
+    parsed = pc.strptime(array, format="%Y-%m-%d", unit="s", error_is_null=True)
+    same = pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), array)
+    ok = pc.or_kleene(pc.fill_null(same, False), pc.is_null(array))
+    _refuse_first(ok, ids, array, "next_purchase_date", "expected an ISO date YYYY-MM-DD")
+    return array.to_pylist()
 
 
 def _json_texts(
@@ -336,6 +478,12 @@ _COLUMNS = (
     "customer_id, stage, churn_probability, churn_risk, stage_probabilities, churn_rank, "
     "stage_churn_rank"
 )
+
+# optional columns and their types in the temporary table
+_FORECAST = {"next_stage_probabilities": "TEXT"}
+_VALUE = dict(
+    zip(VALUE_COLUMNS, ("DOUBLE PRECISION", "DOUBLE PRECISION", "TEXT", "TEXT"), strict=True)
+)
 _INCOMING = (
     "CREATE TEMPORARY TABLE incoming_scores (customer_id TEXT, stage TEXT, "
     "churn_probability DOUBLE PRECISION, churn_risk TEXT, stage_probabilities TEXT, "
@@ -351,6 +499,7 @@ def _insert(
     previous: int | None,
     as_of: str,
     forecast: bool = False,
+    value: bool = False,
 ) -> None:
     """Insert one batch through the driver's ``executemany`` (SQLAlchemy's per-row
     parameter handling costs seconds per million rows).
@@ -360,12 +509,15 @@ def _insert(
     filled while inserting, from a temporary table joined to the previous run by primary
     key, rather than by updating the new rows afterwards (which rewrites every row).
 
-    With ``forecast`` each row ends with ``next_stage_probabilities``; without, the column
-    is left out and stays NULL, so a run without a forecast costs what it did before.
+    With ``forecast`` each row goes on with ``next_stage_probabilities``, with ``value``
+    with the :data:`VALUE_COLUMNS`; without, those columns are left out and stay NULL, so
+    a run without them costs what it did before (and a store of an older version that
+    lacks them can still be written).
     """
+    extra = {**(_FORECAST if forecast else {}), **(_VALUE if value else {})}
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    marks = ", ".join([mark] * (8 if forecast else 7))
-    columns = f"{_COLUMNS}, next_stage_probabilities" if forecast else _COLUMNS
+    marks = ", ".join([mark] * (7 + len(extra)))
+    columns = ", ".join([_COLUMNS, *extra])
     if previous is None:
         conn.exec_driver_sql(
             f"INSERT INTO customer_scores ({columns}, run_id, stage_since, risk_since) "
@@ -373,11 +525,11 @@ def _insert(
             rows,  # type: ignore[arg-type]
         )
         return
-    conn.exec_driver_sql(_INCOMING.format(", next_stage_probabilities TEXT" if forecast else ""))
+    conn.exec_driver_sql(_INCOMING.format("".join(f", {c} {t}" for c, t in extra.items())))
     try:
         conn.exec_driver_sql(f"INSERT INTO incoming_scores VALUES ({marks})", rows)  # type: ignore[arg-type]
         fresh = f"'{as_of}'"
-        upcoming = "t.next_stage_probabilities, " if forecast else ""
+        upcoming = "".join(f"t.{c}, " for c in extra)
         conn.exec_driver_sql(
             f"INSERT INTO customer_scores ({columns}, run_id, stage_since, risk_since) "
             "SELECT t.customer_id, t.stage, t.churn_probability, t.churn_risk, "

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from customer_lifecycle.scoring.store import queries
-from customer_lifecycle.scoring.store.schema import open_store, utc_text
+from customer_lifecycle.scoring.store.schema import VALUE_TIER_PATTERN, open_store, utc_text
 from customer_lifecycle.scoring.store.writer import RunInfo
 from customer_lifecycle.serving.routes.deps import UNAUTHORIZED, Authorized
 from customer_lifecycle.serving.schemas import error_doc
@@ -100,6 +100,36 @@ async def _read(store: StoreHandle, query: Callable[[Connection], T], *, inline:
 # -- response schemas ----------------------------------------------------------------------
 
 
+class CustomerValue(BaseModel):
+    """A customer's value over the value horizon after the run's as_of."""
+
+    expected_purchases: float | None = Field(
+        ge=0,
+        description="Expected number of purchases within the horizon; null without a prediction.",
+    )
+    expected_spend: float | None = Field(
+        ge=0,
+        description="Expected spend within the horizon, in the currency of the event log's "
+        "amounts; null without a prediction or when the log has no purchase amounts.",
+    )
+    next_purchase_date: date | None = Field(
+        description="Expected date of the next purchase (YYYY-MM-DD); null without a prediction."
+    )
+    value_tier: str = Field(
+        pattern=VALUE_TIER_PATTERN,
+        description="Tier by predicted spend, fixed on the training population: top_1, "
+        "top_5, top_10, top_25, top_50 (the top percent it falls in; the shares are the "
+        "model's), rest, or unknown (no prediction).",
+        examples=["top_5"],
+    )
+    horizon_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days after as_of that expected_purchases and expected_spend cover "
+        "(the model's value horizon); null when the store was not told it.",
+    )
+
+
 class CustomerScore(BaseModel):
     """A customer's score in one batch run."""
 
@@ -129,6 +159,11 @@ class CustomerScore(BaseModel):
     run_id: int
     model_name: str
     model_version: str
+    value: CustomerValue | None = Field(
+        default=None,
+        description="The customer's value over the model's value horizon; null when the "
+        "run's model has no value model (or the run was stored before value existed).",
+    )
 
 
 class CustomerHistory(BaseModel):
@@ -148,6 +183,11 @@ class Run(BaseModel):
     stages: list[str]
     created_at: datetime
     completed_at: datetime | None
+    value_horizon_days: int | None = Field(
+        default=None,
+        description="Value horizon of the run's scores in days; null when they have no "
+        "value or the store was not told it.",
+    )
 
 
 class RunList(BaseModel):
@@ -197,6 +237,17 @@ def _score(s: queries.StoredScore) -> CustomerScore:
         run_id=s.run_id,
         model_name=s.model_name,
         model_version=s.model_version,
+        value=None if s.value is None else _value(s.value),
+    )
+
+
+def _value(v: queries.StoredValue) -> CustomerValue:
+    return CustomerValue(
+        expected_purchases=v.expected_purchases,
+        expected_spend=v.expected_spend,
+        next_purchase_date=v.next_purchase_date,  # type: ignore[arg-type]
+        value_tier=v.value_tier,
+        horizon_days=v.horizon_days,
     )
 
 
@@ -211,6 +262,7 @@ def _run(r: RunInfo) -> Run:
         stages=list(r.stages),
         created_at=r.created_at,  # type: ignore[arg-type]
         completed_at=r.completed_at,  # type: ignore[arg-type]
+        value_horizon_days=r.value_horizon_days,
     )
 
 
@@ -251,7 +303,9 @@ router = APIRouter(tags=["customers"], dependencies=Authorized)
 async def customer(customer_id: CustomerId, store: Store) -> CustomerScore:
     """The customer's score in the newest complete run that scored it: stage, stage
     probabilities, the stage forecast (`next_stage_probabilities`, null without one),
-    churn probability and band, percentile ranks, `as_of`, model."""
+    churn probability and band, percentile ranks, `as_of`, model, and the customer's
+    `value` (expected purchases and spend over the value horizon, next purchase date,
+    value tier; null when the run's model has no value model)."""
     found = await _read(store, lambda c: queries.latest(c, customer_id), inline=True)
     return _score(found)
 
@@ -294,6 +348,15 @@ async def segments(
     risk_changed_since: Annotated[
         datetime | None, Query(description="Entered its band in a run as of this time or later.")
     ] = None,
+    value_tier: Annotated[
+        str | None,
+        Query(
+            max_length=32,
+            pattern=VALUE_TIER_PATTERN,
+            description="Value tier: top_1, top_5, top_10, top_25, top_50 (the model's "
+            "shares), rest or unknown. A run without value has no customer in any tier.",
+        ),
+    ] = None,
     run_id: Annotated[int | None, Query(ge=1, description="Run (default: the newest).")] = None,
     cursor: Cursor = None,
     limit: Limit = 100,
@@ -308,6 +371,7 @@ async def segments(
         max_churn=max_churn,
         stage_changed_since=None if stage_changed_since is None else utc_text(stage_changed_since),
         risk_changed_since=None if risk_changed_since is None else utc_text(risk_changed_since),
+        value_tier=value_tier,
     )
 
     def query(conn: Connection) -> queries.Page:

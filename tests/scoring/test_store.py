@@ -3,8 +3,9 @@
 Runs are written from scores files as ``lifecycle score`` writes them, then read back:
 latest and history, ranks, change times, segments with their cursor, transitions,
 atomic visibility, schema versions, export, ``score --store`` end to end, the stage
-forecast (``p_next_<stage>``) kept beside the scores, and lookups that keep answering
-while the store is vacuumed or migrated (``lifecycle vacuum``).
+forecast (``p_next_<stage>``) and the customer value (issue 16) kept beside the scores,
+and lookups that keep answering while the store is vacuumed or migrated (``lifecycle
+vacuum``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from customer_lifecycle.scoring.bundle import ModelBundle
-from customer_lifecycle.scoring.store import SCHEMA_VERSION, open_store, schema, write_run
+from customer_lifecycle.scoring.store import (
+    SCHEMA_VERSION,
+    VALUE_COLUMNS,
+    open_store,
+    schema,
+    write_run,
+)
 from customer_lifecycle.scoring.store import queries as q
 from customer_lifecycle.scoring.store.export import export_segment
 from customer_lifecycle.scoring.store.maintenance import vacuum
@@ -85,6 +92,27 @@ def next_probabilities(customer_id: str, stages: tuple[str, ...] = STAGES) -> di
     return {s: 4 / 7 if i == pick else (3 / 7) / (len(stages) - 1) for i, s in enumerate(stages)}
 
 
+def customer_value(customer_id: str, *, amounts: bool = True) -> dict[str, object]:
+    """The value :func:`scores_file` gives a customer, picked from the id (floats without a
+    short decimal form); ``amounts=False``: a log without purchase amounts."""
+    k = sum(map(ord, customer_id))
+    return {
+        "expected_purchases": k / 7,
+        "expected_spend": k * 10 / 3 if amounts else None,
+        "next_purchase_date": f"2025-01-{k % 28 + 1:02d}",
+        "value_tier": ("top_1", "top_5", "rest")[k % 3],
+    }
+
+
+#: The value of a customer without a prediction (no purchase history, say).
+NO_PREDICTION = {
+    "expected_purchases": None,
+    "expected_spend": None,
+    "next_purchase_date": None,
+    "value_tier": "unknown",
+}
+
+
 def scores_file(
     path: Path,
     rows: list[tuple[str, str, float]],
@@ -92,10 +120,14 @@ def scores_file(
     *,
     forecast: bool = False,
     without_forecast: tuple[str, ...] = (),
+    value: bool = False,
+    without_value: tuple[str, ...] = (),
+    amounts: bool = True,
 ) -> Path:
     """A ``lifecycle score`` output: (customer_id, stage, churn probability) per row; with
     ``forecast`` also ``p_next_<stage>`` (:func:`next_probabilities`), missing (NaN) for
-    the customers ``without_forecast`` (no history before ``as_of``)."""
+    the customers ``without_forecast`` (no history before ``as_of``); with ``value`` the
+    value columns (:func:`customer_value`), :data:`NO_PREDICTION` for ``without_value``."""
     frame = pd.DataFrame(rows, columns=["customer_id", "stage", "churn_probability"])
     p = frame["churn_probability"]
     frame["churn_risk"] = np.where(p < 0.3, "low", np.where(p < 0.6, "medium", "high"))
@@ -107,6 +139,14 @@ def scores_file(
                 np.nan if c in without_forecast else next_probabilities(c, stages)[s]
                 for c in frame["customer_id"]
             ]
+    if value:
+        values = [
+            NO_PREDICTION if c in without_value else customer_value(c, amounts=amounts)
+            for c in frame["customer_id"]
+        ]
+        for name in VALUE_COLUMNS:
+            column = pd.Series([v[name] for v in values])
+            frame[name] = column.astype("float64" if name.startswith("expected") else "str")
     if path.suffix == ".csv":
         frame.to_csv(path, index=False)
     else:
@@ -139,6 +179,8 @@ def _write(
     suffix: str = ".parquet",
     forecast: bool = False,
     without_forecast: tuple[str, ...] = (),
+    value: bool = False,
+    without_value: tuple[str, ...] = (),
     **kw: object,
 ) -> RunInfo:
     path = scores_file(
@@ -146,6 +188,8 @@ def _write(
         rows,
         forecast=forecast,
         without_forecast=without_forecast,
+        value=value,
+        without_value=without_value,
     )
     return write_run(engine, path, model_name="m", model_version="1", as_of=as_of, **kw)  # type: ignore[arg-type]
 
@@ -400,6 +444,172 @@ def test_export_carries_the_forecast_of_a_run_that_has_one(
     assert not any(c.startswith("p_next_") for c in export("stage=active", 1).columns)
 
 
+# -- the customer value ----------------------------------------------------------------------
+
+
+def stored_value(customer_id: str, horizon: int | None = 365) -> q.StoredValue:
+    """What the store gives back for :func:`customer_value`."""
+    return q.StoredValue(**customer_value(customer_id), horizon_days=horizon)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])  # CSV: a missing value is empty
+def test_the_customer_value_round_trips(engine: sa.Engine, tmp_path: Path, suffix: str) -> None:
+    # run 1 has no previous run, run 2 is joined to it (the other insert path); "c" has no
+    # prediction in run 2; run 3 comes from a model without a value model
+    for rows, as_of in ((RUN1, "2024-11-30"), (RUN2, "2024-12-31")):
+        path = scores_file(
+            tmp_path / f"{as_of}{suffix}", rows, forecast=True, value=True, without_value=("c",)
+        )
+        run = write_run(
+            engine, path, model_name="m", model_version="1", as_of=as_of, value_horizon_days=365
+        )
+        assert run.value_horizon_days == 365
+    with engine.connect() as conn:
+        for cid, *_ in RUN2:
+            s = q.latest(conn, cid)
+            unknown = q.StoredValue(**NO_PREDICTION, horizon_days=365)  # type: ignore[arg-type]
+            assert s.value == (unknown if cid == "c" else stored_value(cid))
+            assert s.next_stage_probabilities == next_probabilities(cid)  # beside the forecast
+        assert [h.value for h in q.history(conn, "a")] == [stored_value("a")] * 2
+        assert q.get_run(conn).value_horizon_days == 365
+    last = _write(engine, tmp_path, RUN2, "2025-01-31", suffix=suffix)
+    assert last.value_horizon_days is None
+    with engine.connect() as conn:
+        assert q.latest(conn, "a").value is None
+        assert q.history(conn, "a")[1].value == stored_value("a")
+        assert q.latest(conn, "a").risk_since == "2024-12-31T00:00:00Z"  # carried over
+        assert [r.value_horizon_days for r in q.list_runs(conn)] == [None, 365, 365]
+
+
+def test_a_log_without_amounts_and_an_unknown_horizon(engine: sa.Engine, tmp_path: Path) -> None:
+    path = scores_file(tmp_path / "s.parquet", RUN1, value=True, amounts=False)
+    run = write_run(engine, path, model_name="m", model_version="1", as_of="2024-11-30")
+    assert run.value_horizon_days is None
+    with engine.connect() as conn:
+        got = q.latest(conn, "b").value
+    assert got == q.StoredValue(**customer_value("b", amounts=False), horizon_days=None)  # type: ignore[arg-type]
+    assert got.expected_spend is None and got.expected_purchases is not None  # type: ignore[union-attr]
+
+
+def test_value_for_only_some_columns_is_not_kept(engine: sa.Engine, tmp_path: Path) -> None:
+    path = scores_file(tmp_path / "part.parquet", RUN1, value=True)
+    pd.read_parquet(path).drop(columns="next_purchase_date").to_parquet(path, index=False)
+    run = write_run(engine, path, model_name="m", model_version="1", as_of="2024-11-30",
+                    value_horizon_days=365)  # fmt: skip
+    assert run.value_horizon_days is None
+    with engine.connect() as conn:
+        assert q.latest(conn, "a").value is None
+        assert not q.has_value(conn, run.run_id)
+
+
+def test_dates_and_timestamps_are_kept_as_iso_dates(tmp_path: Path) -> None:
+    eng = open_store(tmp_path / "scores.db")
+    path = scores_file(tmp_path / "d.parquet", RUN1, value=True, without_value=("d",))
+    frame = pd.read_parquet(path)
+    frame["next_purchase_date"] = pd.to_datetime(frame["next_purchase_date"])  # NaT for "d"
+    frame.to_parquet(path, index=False)
+    write_run(eng, path, model_name="m", model_version="1", as_of="2024-11-30")
+    frame["next_purchase_date"] = frame["next_purchase_date"].dt.date  # Arrow date32
+    frame.to_parquet(path, index=False)
+    write_run(eng, path, model_name="m", model_version="1", as_of="2024-12-31")
+    with eng.connect() as conn:
+        for run_id in (1, 2):
+            got = {
+                s.customer_id: s.value
+                for s in q.segment(conn, q.SegmentFilter(), run_id=run_id).items
+            }
+            assert got["a"].next_purchase_date == customer_value("a")["next_purchase_date"]  # type: ignore[union-attr]
+            assert got["d"].next_purchase_date is None and got["d"].value_tier == "unknown"  # type: ignore[union-attr]
+    eng.dispose()
+
+
+@pytest.mark.parametrize(
+    ("column", "bad", "message"),
+    [
+        ("expected_purchases", -0.5, "expected_purchases of customer 'c' is -0.5"),
+        ("expected_spend", np.inf, "expected_spend of customer 'c' is inf"),
+        ("next_purchase_date", "2025-02-30", "date of customer .c. is .2025-02-30.: expected"),
+        ("next_purchase_date", "31/01/2025", "expected an ISO date"),
+        ("value_tier", "gold", "value_tier of customer 'c' is 'gold'"),
+        ("value_tier", None, "value_tier of customer 'c' is None"),
+    ],
+)
+def test_a_value_the_store_cannot_keep_refuses_the_run(
+    engine: sa.Engine, tmp_path: Path, column: str, bad: object, message: str
+) -> None:
+    _write(engine, tmp_path, RUN1, "2024-11-30", value=True)
+    path = scores_file(tmp_path / "bad.parquet", RUN2, value=True)
+    frame = pd.read_parquet(path)
+    frame[column] = frame[column].astype(object)
+    frame.loc[frame["customer_id"] == "c", column] = bad
+    if column.startswith("expected"):
+        frame[column] = frame[column].astype("float64")
+    frame.to_parquet(path, index=False)
+    with pytest.raises(ValueError, match=message) as err:
+        # "c" is in the second batch: the first is already in the store, pending
+        write_run(engine, path, model_name="m", model_version="2", as_of="2024-12-31",
+                  batch_rows=3)  # fmt: skip
+    assert "\n" not in str(err.value) and "the run is not stored" in str(err.value)
+    with engine.connect() as conn:
+        assert [r.run_id for r in q.list_runs(conn)] == [1]
+        assert conn.execute(sa.select(sa.func.count()).select_from(scores)).scalar() == 5
+        assert q.latest(conn, "c").value == stored_value("c", horizon=None)
+
+
+def test_segments_by_value_tier(engine: sa.Engine, tmp_path: Path) -> None:
+    _write(engine, tmp_path, RUN1, "2024-11-30")  # no value
+    _write(engine, tmp_path, RUN2, "2024-12-31", value=True, without_value=("e",))
+    tiers = {c: customer_value(c)["value_tier"] for c, *_ in RUN2 if c != "e"} | {"e": "unknown"}
+    with engine.connect() as conn:
+        for tier in ("top_1", "top_5", "rest", "unknown", "top_10"):
+            want = sorted(c for c, t in tiers.items() if t == tier)
+            got = q.segment(conn, q.parse_segment(f"value_tier={tier}")).items
+            assert [s.customer_id for s in got] == want
+            assert all(s.value is not None and s.value.value_tier == tier for s in got)
+        both = q.segment(conn, q.parse_segment("value_tier=top_5,risk=high")).items
+        assert [s.customer_id for s in both] == [
+            c for c, _, p in RUN2 if tiers[c] == "top_5" and p >= 0.6
+        ]
+        # a run without value has nobody in any tier
+        assert q.segment(conn, q.SegmentFilter(value_tier="unknown"), run_id=1).items == []
+
+
+@pytest.mark.parametrize("name", ["seg.csv", "seg.parquet"])
+def test_export_carries_the_value_of_a_run_that_has_one(
+    engine: sa.Engine, tmp_path: Path, name: str
+) -> None:
+    _write(engine, tmp_path, RUN1, "2024-11-30")
+    path = scores_file(tmp_path / "v.parquet", RUN2, forecast=True, value=True,
+                       without_value=("a",))  # fmt: skip
+    write_run(engine, path, model_name="m", model_version="1", as_of="2024-12-31",
+              value_horizon_days=180)  # fmt: skip
+
+    def export(segment: str, run_id: int) -> pd.DataFrame:
+        out = tmp_path / f"{run_id}-{segment or 'all'}-{name}"
+        export_segment(engine, q.parse_segment(segment), out, run_id=run_id)
+        if name.endswith("csv"):
+            return pd.read_csv(out, dtype={"customer_id": str, "next_purchase_date": str})
+        return pd.read_parquet(out)
+
+    frame = export("stage=active", 2)
+    assert frame["customer_id"].tolist() == ["007", "a", "b"]
+    columns = frame.columns.tolist()
+    added = [*VALUE_COLUMNS, "value_horizon_days"]
+    assert columns[columns.index("p_next_retention") + 1 : columns.index("as_of")] == added
+    row = frame.set_index("customer_id").loc["007"]
+    assert row[list(VALUE_COLUMNS)].tolist() == list(customer_value("007").values())
+    assert row["value_horizon_days"] == 180
+    unknown = frame.set_index("customer_id").loc["a"]
+    assert unknown[list(VALUE_COLUMNS[:3])].isna().all() and unknown["value_tier"] == "unknown"
+    tier = customer_value("b")["value_tier"]
+    assert export(f"value_tier={tier}", 2)["customer_id"].tolist() == sorted(
+        c for c, *_ in RUN2 if c != "a" and customer_value(c)["value_tier"] == tier
+    )
+    # an empty segment of the run still has the columns; a run without value has none
+    assert set(added) <= set(export("value_tier=top_99", 2).columns)
+    assert not set(added) & set(export("", 1).columns)
+
+
 # -- schema versions -------------------------------------------------------------------------
 
 
@@ -445,16 +655,48 @@ def test_a_version_2_store_gains_the_forecast_column(url: str, tmp_path: Path) -
     eng.dispose()
 
 
+def test_a_version_3_store_with_data_gains_the_value_columns(url: str, tmp_path: Path) -> None:
+    eng = create_store_engine(url)
+    assert ensure_schema(eng, target=3) == 0  # a store as version 3 wrote it
+    _write(eng, tmp_path, RUN1, "2024-11-30", forecast=True)
+    _write(eng, tmp_path, RUN2, "2024-12-31", forecast=True)
+    with eng.connect() as conn:
+        assert not {c["name"] for c in sa.inspect(conn).get_columns("customer_scores")} & set(
+            VALUE_COLUMNS
+        )
+    eng.dispose()
+    eng = open_store(url)
+    with eng.connect() as conn:
+        assert read_version(conn) == SCHEMA_VERSION
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("customer_scores")}
+        assert set(VALUE_COLUMNS) <= columns
+        assert "value_horizon_days" in {
+            c["name"] for c in sa.inspect(conn).get_columns("score_runs")
+        }
+        old = q.history(conn, "a")  # the old scores read back whole, with no value
+        assert [(h.churn_probability, h.value) for h in old] == [(0.7, None), (0.2, None)]
+        assert old[0].next_stage_probabilities == next_probabilities("a")
+        assert [r.value_horizon_days for r in q.list_runs(conn)] == [None, None]
+    path = scores_file(tmp_path / "v.parquet", RUN2, value=True)
+    write_run(eng, path, model_name="m", model_version="2", as_of="2025-01-31",
+              value_horizon_days=365)  # fmt: skip
+    with eng.connect() as conn:
+        assert q.latest(conn, "a").value == stored_value("a")
+        assert q.latest(conn, "a").risk_since == "2024-12-31T00:00:00Z"  # carried over
+    eng.dispose()
+
+
+@pytest.mark.parametrize("before", [2, 3])  # the first migration to lock: 3, or 4 alone
 def test_a_migration_gives_up_behind_a_long_reader_on_postgres(
-    pg_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: int
 ) -> None:
     monkeypatch.setattr(schema, "MIGRATION_LOCK_TIMEOUT_MS", 200)
     url = _pg_database(pg_server)
     eng = create_store_engine(url)
-    ensure_schema(eng, target=2)
+    ensure_schema(eng, target=before)
     _write(eng, tmp_path, RUN1, "2024-11-30")
     count = sa.select(sa.func.count()).select_from(scores)
-    # a reader of version 2 (an export walking pages, say) holds the table
+    # a reader of the older version (an export walking pages, say) holds the table
     with eng.connect() as held, held.begin():
         # were the migration to wait for it, the server ends this reader: a failure, not a hang
         held.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = '60s'")
@@ -464,12 +706,15 @@ def test_a_migration_gives_up_behind_a_long_reader_on_postgres(
         assert "\n" not in str(err.value)
         assert held.execute(count).scalar() == 5  # undisturbed
     with eng.connect() as conn:
-        assert read_version(conn) == 2  # the failed migration left nothing behind
+        assert read_version(conn) == before  # the failed migration left nothing behind
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("customer_scores")}
+        assert not columns & set(VALUE_COLUMNS)
     eng.dispose()
     eng = open_store(url)  # once the reader is gone
     with eng.connect() as conn:
         assert read_version(conn) == SCHEMA_VERSION
         assert q.latest(conn, "a").next_stage_probabilities is None
+        assert q.latest(conn, "a").value is None
     eng.dispose()
 
 
@@ -544,6 +789,8 @@ def test_export_never_overwrites_the_store(tmp_path: Path) -> None:
         ("risk=extreme", "unknown risk band"),  # not a band
         ("min_churn=0.8,max_churn=0.2", "not within"),  # empty range
         ("min_churn=lots", "could not convert"),  # not a number
+        ("value_tier=gold", "unknown value tier 'gold'"),  # not a tier
+        ("value_tier=top_", "unknown value tier"),  # a tier without its share
     ],
 )
 def test_bad_segments_are_refused(text: str, message: str) -> None:
@@ -602,9 +849,10 @@ def _latest_churn(conn: sa.Connection, customer_id: str) -> float:
 
 
 def _latest_churn_before_3(conn: sa.Connection, customer_id: str) -> float:
-    """The lookup of a server of an older version: every column but the forecast, which
-    its store did not have; the migration must not disturb it."""
-    known = [c for c in q._SCORE_COLUMNS if c.name != "next_stage_probabilities"]
+    """The lookup of a server of an older version: every column but the forecast and the
+    value, which its store did not have; the migration must not disturb it."""
+    later = {"next_stage_probabilities", *VALUE_COLUMNS, "value_horizon_days"}
+    known = [c for c in q._SCORE_COLUMNS if c.name not in later]
     row = conn.execute(
         sa.select(*known)
         .join(runs, runs.c.run_id == scores.c.run_id)
@@ -735,7 +983,9 @@ def test_lookups_keep_answering_during_a_migration(url: str, tmp_path: Path) -> 
             break
         with writing(eng) as conn:  # back to version 1, to migrate again
             conn.exec_driver_sql("DROP INDEX ix_customer_scores_segment")
-            conn.exec_driver_sql("ALTER TABLE customer_scores DROP COLUMN next_stage_probabilities")
+            for column in ("next_stage_probabilities", *VALUE_COLUMNS):
+                conn.exec_driver_sql(f"ALTER TABLE customer_scores DROP COLUMN {column}")
+            conn.exec_driver_sql("ALTER TABLE score_runs DROP COLUMN value_horizon_days")
             conn.execute(store_meta.update().values(value="1"))
     reader.finish()
     assert overlapped > 0
@@ -744,6 +994,7 @@ def test_lookups_keep_answering_during_a_migration(url: str, tmp_path: Path) -> 
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("customer_scores")}
         assert "ix_customer_scores_segment" in indexes
         assert q.latest(conn, "c00001").next_stage_probabilities is None
+        assert q.latest(conn, "c00001").value is None
         assert q.latest(conn, "c00001").churn_probability == expected["c00001"]
     eng.dispose()
 

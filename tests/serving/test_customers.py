@@ -1,5 +1,6 @@
 """The score store routes (issue 15) on the real app over a real SQLite store: keys, 404s,
-segments and transitions with their cursors, and the OpenAPI document of every answer.
+segments and transitions with their cursors, the stage forecast and the customer value
+(issue 16), and the OpenAPI document of every answer.
 
 No model is loaded: the lookup routes work without one (scoring answers 503)."""
 
@@ -12,7 +13,13 @@ from customer_lifecycle.scoring.store import open_store, write_run
 from customer_lifecycle.serving.app import create_app
 from fastapi.testclient import TestClient
 
-from tests.scoring.test_store import RUN1, RUN2, next_probabilities, scores_file
+from tests.scoring.test_store import (
+    RUN1,
+    RUN2,
+    customer_value,
+    next_probabilities,
+    scores_file,
+)
 from tests.serving.support import KEYS, settings
 
 AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
@@ -23,13 +30,20 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("store")
     path = root / "scores.db"
     engine = open_store(path)
-    # run 1 from a model without a stage forecast, run 2 with one ("c": no history)
+    # run 1 from a model without a stage forecast nor value, run 2 with both ("c": no
+    # history, so no forecast and no value prediction)
     for rows, as_of in ((RUN1, "2024-11-30"), (RUN2, "2024-12-31")):
-        forecast = rows is RUN2
+        later = rows is RUN2
         file = scores_file(
-            root / f"{as_of}.parquet", rows, forecast=forecast, without_forecast=("c",)
+            root / f"{as_of}.parquet",
+            rows,
+            forecast=later,
+            without_forecast=("c",),
+            value=later,
+            without_value=("c",),
         )
-        write_run(engine, file, model_name="m", model_version="3", as_of=as_of)
+        write_run(engine, file, model_name="m", model_version="3", as_of=as_of,
+                  value_horizon_days=365)  # fmt: skip
     engine.dispose()
     return str(path)
 
@@ -96,6 +110,67 @@ def test_the_stage_forecast_is_returned(client: TestClient) -> None:
     assert old[0]["next_stage_probabilities"] is None
     schema = client.get("/openapi.json").json()["components"]["schemas"]["CustomerScore"]
     assert "next_stage_probabilities" in schema["properties"]
+
+
+def value_doc(customer_id: str) -> dict[str, object]:
+    """The ``value`` object the API gives for :func:`customer_value` (horizon 365 days)."""
+    return {**customer_value(customer_id), "horizon_days": 365}
+
+
+def test_the_customer_value_is_returned(client: TestClient) -> None:
+    body = client.get("/v1/customers/007", headers=AUTH).json()
+    assert body["value"] == value_doc("007")
+    assert client.get("/v1/customers/c", headers=AUTH).json()["value"] == {
+        "expected_purchases": None,
+        "expected_spend": None,
+        "next_purchase_date": None,
+        "value_tier": "unknown",
+        "horizon_days": 365,
+    }
+    # d was scored only in run 1, whose model had no value model
+    assert client.get("/v1/customers/d", headers=AUTH).json()["value"] is None
+    history = client.get("/v1/customers/a/history", headers=AUTH).json()["scores"]
+    assert [s["value"] for s in history] == [value_doc("a"), None]
+    runs = client.get("/v1/runs", headers=AUTH).json()["runs"]
+    assert [r["value_horizon_days"] for r in runs] == [365, None]
+
+
+def test_segments_by_value_tier(client: TestClient) -> None:
+    tiers = {c: customer_value(c)["value_tier"] for c, *_ in RUN2 if c != "c"} | {"c": "unknown"}
+    for tier in ("top_1", "top_5", "rest", "unknown", "top_50"):
+        body = client.get("/v1/segments", params={"value_tier": tier}, headers=AUTH).json()
+        assert [c["customer_id"] for c in body["customers"]] == sorted(
+            c for c, t in tiers.items() if t == tier
+        )
+        assert all(c["value"]["value_tier"] == tier for c in body["customers"])
+    high = client.get("/v1/segments?value_tier=rest&risk=high", headers=AUTH).json()
+    assert [c["customer_id"] for c in high["customers"]] == [
+        c for c, _, p in RUN2 if tiers[c] == "rest" and p >= 0.6
+    ]
+    old = client.get("/v1/segments?run_id=1&value_tier=unknown", headers=AUTH).json()
+    assert old["customers"] == [] and old["run"]["value_horizon_days"] is None
+    for bad in ("gold", "top_", "rest\n"):
+        assert (
+            client.get("/v1/segments", params={"value_tier": bad}, headers=AUTH).status_code == 422
+        )
+
+
+def test_the_openapi_document_describes_the_value(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    value = schemas["CustomerValue"]["properties"]
+    assert set(value) == {
+        "expected_purchases",
+        "expected_spend",
+        "next_purchase_date",
+        "value_tier",
+        "horizon_days",
+    }
+    assert all(p.get("description") for p in value.values())
+    assert schemas["CustomerScore"]["properties"]["value"]["description"]
+    params = doc["paths"]["/v1/segments"]["get"]["parameters"]
+    tier = next(p for p in params if p["name"] == "value_tier")
+    assert "top_5" in tier["description"]
 
 
 def test_segments_page_by_cursor(client: TestClient) -> None:

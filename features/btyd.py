@@ -28,10 +28,15 @@ far the data are from that.
 The value tiers (:func:`tier_thresholds`, :func:`value_tier`) rank customers by
 predicted spend against thresholds fixed on a reference (training) population, so
 chunked scoring gives every customer the same tier as scoring everyone at once.
+
+:class:`ValueModel` is what a model bundle stores of all this: the two fitted models,
+the horizon, the tier thresholds, the measured fill for customers who have not bought
+yet, and which learned heads (LightGBM boosters kept beside it) replace the baselines.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,6 +53,8 @@ __all__ = [
     "VALUE_TIER_SHARES",
     "GammaGamma",
     "TierThresholds",
+    "VALUE_HEADS",
+    "ValueModel",
     "expected_spend",
     "predict_value",
     "tier_thresholds",
@@ -295,6 +302,12 @@ class BGNBD:
             raise ValueError("max_days must be a finite number >= 0")
         x, t_x, T = _check_history(frequency, recency, age)
         alive = special.expit(-self._log_odds_dropped(x, t_x, T))
+        return self._median_days(alive, x, T, max_days)
+
+    def _median_days(
+        self, alive: FloatArray, x: FloatArray, T: FloatArray, max_days: float
+    ) -> FloatArray:
+        """:meth:`median_days_to_next_purchase` from ``p_alive`` of checked histories."""
         ok = alive > 0.5
         with np.errstate(divide="ignore", invalid="ignore"):
             log_s = np.log1p(-0.5 / np.where(ok, alive, 1.0))
@@ -324,7 +337,12 @@ class BGNBD:
         shape = x.shape
         horizon, x, t_x, T = (np.ravel(v) for v in (horizon, x, t_x, T))
         alive = special.expit(-self._log_odds_dropped(x, t_x, T))
+        return self._expected(alive, horizon, x, T).reshape(shape)
 
+    def _expected(
+        self, alive: FloatArray, horizon: FloatArray, x: FloatArray, T: FloatArray
+    ) -> FloatArray:
+        """:meth:`expected_purchases` from ``p_alive`` of checked, flat histories."""
         if abs(self.a - 1.0) < _A_NEAR_ONE:
             lo = self._expected_active(self.a - 2 * _A_NEAR_ONE, horizon, x, T)
             hi = self._expected_active(self.a + 2 * _A_NEAR_ONE, horizon, x, T)
@@ -336,7 +354,30 @@ class BGNBD:
         for i in np.flatnonzero(bad):
             active[i] = self._expected_active_quad(float(horizon[i]), float(x[i]), float(T[i]))
         active = np.clip(np.nan_to_num(active, nan=0.0, posinf=0.0), 0.0, bound)
-        return np.asarray(alive * active, dtype=np.float64).reshape(shape)
+        return np.asarray(alive * active, dtype=np.float64)
+
+    def _purchases_and_days(
+        self, h: float, x: FloatArray, t_x: FloatArray, T: FloatArray, max_days: float
+    ) -> tuple[FloatArray, FloatArray]:
+        """:meth:`expected_purchases` and :meth:`median_days_to_next_purchase` at once.
+
+        The same arithmetic, with ``p_alive`` computed once and a single cheap check of
+        the histories (the full check runs only to word the error): a per-request path.
+        """
+        with np.errstate(invalid="ignore"):
+            ok = (
+                (x >= 0)
+                & (x == np.round(x))
+                & (t_x >= 0)
+                & (t_x <= T)
+                & ((x == 0) == (t_x == 0))
+                & np.isfinite(T)
+            )
+        if not ok.all():
+            _check_history(x, t_x, T)  # raises with the precise reason
+        alive = special.expit(-self._log_odds_dropped(x, t_x, T))
+        expected = self._expected(alive, np.full(x.shape, float(h)), x, T)
+        return expected, self._median_days(alive, x, T, max_days)
 
     def _expected_active(self, a: float, h: FloatArray, x: FloatArray, T: FloatArray) -> FloatArray:
         """Closed form of ``E[Y(h) | active]`` for a given ``a`` (NaN where it fails)."""
@@ -515,6 +556,10 @@ class GammaGamma:
             Expected spend per purchase (broadcast shape of the inputs).
         """
         x, m, repeat = _check_spend_history(frequency, mean_spend)
+        return self._spend(x, m, repeat)
+
+    def _spend(self, x: FloatArray, m: FloatArray, repeat: NDArray[np.bool_]) -> FloatArray:
+        """:meth:`conditional_expected_spend` where ``repeat`` rows have a valid ``m``."""
         with np.errstate(invalid="ignore"):
             own = self.p * (self.v + x * m) / (self.p * x + self.q - 1.0)
         return np.asarray(np.where(repeat, own, self.population_mean_spend), dtype=np.float64)
@@ -710,13 +755,14 @@ class TierThresholds:
 
 
 def tier_thresholds(
-    spend: ArrayLike, shares: Sequence[float] = VALUE_TIER_SHARES
+    spend: ArrayLike, shares: Sequence[float] = VALUE_TIER_SHARES, *, ties: str = "higher"
 ) -> TierThresholds:
     """Spend thresholds that put the top ``shares`` of a reference population in each tier.
 
     With ``n`` customers of known (non-NaN) spend, the threshold of share ``s`` is the
     ``k``-th largest spend, ``k = max(1, ceil(s n))``: exactly ``k`` customers are at or
-    above it when spends are distinct; tied spends all land in the higher tier.
+    above it when spends are distinct. Equal spends always share a tier; where a block
+    of them straddles the cut, ``ties`` says where it goes.
 
     Parameters
     ----------
@@ -725,6 +771,13 @@ def tier_thresholds(
         out.
     shares : sequence of float, default ``VALUE_TIER_SHARES``
         Top shares, strictly increasing, each strictly between 0 and 1.
+    ties : {"higher", "lower"}, default "higher"
+        ``"higher"``: the whole block enters the tier (a tier may hold more than its
+        share). ``"lower"``: the block stays below (the threshold is the next float
+        above the tied spend), so no tier holds more than its share of the reference
+        population. Use ``"lower"`` when many customers share one prediction, such as
+        a fill for customers a model says nothing about: otherwise they all rise into
+        whichever tier's cut falls inside their block.
 
     Returns
     -------
@@ -734,7 +787,7 @@ def tier_thresholds(
     Raises
     ------
     ValueError
-        On bad shares, infinite spend, or no spend that is not NaN.
+        On bad shares or ``ties``, infinite spend, or no spend that is not NaN.
     """
     checked = _check_shares(shares)
     values = np.ravel(np.asarray(spend, dtype=np.float64))
@@ -743,11 +796,19 @@ def tier_thresholds(
         raise ValueError("cannot set value tier thresholds without any predicted spend")
     if not np.isfinite(values).all():
         raise ValueError("predicted spend must not be infinite")
+    if ties not in ("higher", "lower"):
+        raise ValueError(f"ties must be 'higher' or 'lower', not {ties!r}")
     descending = np.sort(values)[::-1]
     n = values.size
     # ceil(s n) up to float noise (0.07 * 100 is 7.000000000000001)
     ks = [min(n, max(1, math.ceil(s * n - 1e-9))) for s in checked]
-    return TierThresholds(shares=checked, thresholds=tuple(float(descending[k - 1]) for k in ks))
+    thresholds = []
+    for k in ks:
+        cut = float(descending[k - 1])
+        if ties == "lower" and k < n and descending[k] == cut:
+            cut = float(np.nextafter(cut, np.inf))  # the block straddles the cut: below
+        thresholds.append(cut)
+    return TierThresholds(shares=checked, thresholds=tuple(thresholds))
 
 
 def value_tier(spend: ArrayLike, thresholds: TierThresholds) -> NDArray[np.str_]:
@@ -777,3 +838,230 @@ def value_tier(spend: ArrayLike, thresholds: TierThresholds) -> NDArray[np.str_]
     labels = np.asarray([*thresholds.labels, "unknown"])
     index = np.where(np.isnan(values), len(labels) - 1, len(ascending) - reached)
     return np.asarray(labels[index])
+
+
+#: Learned heads a :class:`ValueModel` can use instead of its baselines, in this order.
+VALUE_HEADS: tuple[str, ...] = ("purchases", "spend")
+
+
+def _real(value: object, what: str) -> float:
+    """A finite float from an artifact value that must be a real number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a number, got {type(value).__name__}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"{what} must be finite, got {out}")
+    return out
+
+
+@dataclass(frozen=True)
+class ValueModel:
+    """Customer value at ``as_of``: purchases, spend, next purchase date and tier.
+
+    Parameters
+    ----------
+    bgnbd : BGNBD
+        Purchase-count baseline, fitted on every customer with a purchase.
+    gamma_gamma : GammaGamma or None
+        Spend-per-purchase baseline; ``None`` when the log has no purchase amounts
+        (spend is then NaN and the tiers rank expected purchases).
+    horizon_days : int
+        Horizon of ``expected_purchases`` and ``expected_spend``, in days.
+    tiers : TierThresholds
+        Thresholds fixed on the training population's predicted spend (expected
+        purchases without amounts).
+    never_buyer_purchases, never_buyer_spend : float
+        What a customer with events but no purchase yet is expected to buy and spend
+        in the horizon (BG/NBD says nothing about them): measured on such customers in
+        training. ``never_buyer_spend`` is NaN exactly when ``gamma_gamma`` is None.
+    heads : tuple of str
+        Learned heads that replace the baselines, a subset of :data:`VALUE_HEADS`
+        (``"spend"`` needs amounts). Their predictions are passed to :meth:`predict`.
+
+    Notes
+    -----
+    The next purchase date always comes from BG/NBD
+    (:meth:`BGNBD.median_days_to_next_purchase`, capped at three horizons); there is
+    none for customers who never bought.
+    """
+
+    bgnbd: BGNBD
+    gamma_gamma: GammaGamma | None
+    horizon_days: int
+    tiers: TierThresholds
+    never_buyer_purchases: float
+    never_buyer_spend: float
+    heads: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bgnbd, BGNBD):
+            raise ValueError("bgnbd must be a BGNBD model")
+        if self.gamma_gamma is not None and not isinstance(self.gamma_gamma, GammaGamma):
+            raise ValueError("gamma_gamma must be a GammaGamma model or None")
+        if not isinstance(self.tiers, TierThresholds):
+            raise ValueError("tiers must be TierThresholds")
+        h = self.horizon_days
+        if isinstance(h, bool) or not isinstance(h, numbers.Integral) or not 1 <= h <= 3650:
+            raise ValueError(f"value horizon_days must be a whole number from 1 to 3650, got {h!r}")
+        object.__setattr__(self, "horizon_days", int(h))
+        purchases = float(self.never_buyer_purchases)
+        spend = float(self.never_buyer_spend)
+        if not (math.isfinite(purchases) and purchases >= 0):
+            raise ValueError("the never-buyer purchases fill must be a finite number >= 0")
+        if self.gamma_gamma is None:
+            if not math.isnan(spend):
+                raise ValueError("a never-buyer spend fill needs a Gamma-Gamma model (amounts)")
+        elif not (math.isfinite(spend) and spend >= 0):
+            raise ValueError("the never-buyer spend fill must be a finite number >= 0")
+        object.__setattr__(self, "never_buyer_purchases", purchases)
+        object.__setattr__(self, "never_buyer_spend", spend)
+        heads = tuple(self.heads)
+        if any(head not in VALUE_HEADS for head in heads) or len(set(heads)) != len(heads):
+            raise ValueError(f"value heads must be distinct names among {list(VALUE_HEADS)}")
+        if "spend" in heads and self.gamma_gamma is None:
+            raise ValueError("a learned spend head needs purchase amounts (a Gamma-Gamma model)")
+        object.__setattr__(self, "heads", tuple(h for h in VALUE_HEADS if h in heads))
+
+    @property
+    def has_spend(self) -> bool:
+        """Whether spend is predicted (the log had purchase amounts)."""
+        return self.gamma_gamma is not None
+
+    @property
+    def tier_by(self) -> str:
+        """What the tiers rank: ``expected_spend``, or ``expected_purchases`` without amounts."""
+        return "expected_spend" if self.has_spend else "expected_purchases"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable form (NaN spend fill stored as ``None``)."""
+        return {
+            "bgnbd": self.bgnbd.to_dict(),
+            "gamma_gamma": None if self.gamma_gamma is None else self.gamma_gamma.to_dict(),
+            "horizon_days": self.horizon_days,
+            "tiers": self.tiers.to_dict(),
+            "never_buyer": {
+                "purchases": self.never_buyer_purchases,
+                "spend": None if math.isnan(self.never_buyer_spend) else self.never_buyer_spend,
+            },
+            "heads": list(self.heads),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ValueModel:
+        """Rebuild from :meth:`to_dict` output, refusing anything else with one line."""
+        keys = {"bgnbd", "gamma_gamma", "horizon_days", "tiers", "never_buyer", "heads"}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"the value model must be a mapping, got {type(data).__name__}")
+        if set(data) != keys:
+            raise ValueError(f"the value model needs exactly the keys {sorted(keys)}")
+        fill = data["never_buyer"]
+        if not isinstance(fill, Mapping) or set(fill) != {"purchases", "spend"}:
+            raise ValueError("value never_buyer needs exactly the keys ['purchases', 'spend']")
+        heads = data["heads"]
+        if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
+            raise ValueError("value heads must be a list of names")
+        horizon = data["horizon_days"]
+        if isinstance(horizon, bool) or not isinstance(horizon, int):
+            raise ValueError("value horizon_days must be a whole number")
+        gg = data["gamma_gamma"]
+        return cls(
+            bgnbd=BGNBD.from_dict(data["bgnbd"]),
+            gamma_gamma=None if gg is None else GammaGamma.from_dict(gg),
+            horizon_days=horizon,
+            tiers=TierThresholds.from_dict(data["tiers"]),
+            never_buyer_purchases=_real(fill["purchases"], "value never_buyer purchases"),
+            never_buyer_spend=(
+                math.nan
+                if fill["spend"] is None
+                else _real(fill["spend"], "value never_buyer spend")
+            ),
+            heads=tuple(heads),
+        )
+
+    def predict(
+        self,
+        frequency: ArrayLike,
+        recency: ArrayLike,
+        age: ArrayLike,
+        mean_spend: ArrayLike,
+        *,
+        learned_purchases: ArrayLike | None = None,
+        learned_spend: ArrayLike | None = None,
+    ) -> dict[str, NDArray[Any]]:
+        """Value of each customer from their BTYD features (and learned heads' output).
+
+        Numpy only, so one customer costs tens of microseconds (the HTTP API calls it
+        per request).
+
+        Parameters
+        ----------
+        frequency, recency, age, mean_spend : array_like
+            The ``btyd_frequency``, ``btyd_recency_days``, ``btyd_age_days`` and
+            ``btyd_mean_spend`` features, one entry per customer; NaN recency and age
+            mark a customer who never bought. A repeat buyer without a recorded
+            amount (NaN or non-positive mean spend) gets the population spend per
+            purchase.
+        learned_purchases, learned_spend : array_like, optional
+            The learned heads' predictions over the horizon; required exactly for
+            the heads in :attr:`heads`.
+
+        Returns
+        -------
+        dict of numpy.ndarray
+            ``expected_purchases`` and ``expected_spend`` (float64, spend NaN without
+            amounts), ``days_to_next_purchase`` (float64, NaN when not expected or
+            never bought) and ``value_tier`` (str labels of :attr:`tiers`).
+        """
+        x, t_x, T, m = (
+            np.ravel(np.asarray(v, dtype=np.float64)) for v in (frequency, recency, age, mean_spend)
+        )
+        n = x.size
+        if not (t_x.size == T.size == m.size == n):
+            raise ValueError("frequency, recency, age and mean_spend must have one entry each")
+        for head, given in (("purchases", learned_purchases), ("spend", learned_spend)):
+            if (head in self.heads) != (given is not None):
+                raise ValueError(
+                    f"learned {head} predictions are needed exactly when the {head} head is used"
+                )
+        buyer = ~(np.isnan(T) | np.isnan(t_x))
+        purchases = np.full(n, self.never_buyer_purchases)
+        spend = np.full(n, self.never_buyer_spend)
+        days = np.full(n, np.nan)
+        if buyer.any():
+            xb, tb, Tb = x[buyer], t_x[buyer], T[buyer]
+            count, days[buyer] = self.bgnbd._purchases_and_days(
+                self.horizon_days, xb, tb, Tb, 3.0 * self.horizon_days
+            )
+            purchases[buyer] = count
+            if self.gamma_gamma is not None:
+                mb = m[buyer]
+                # no usable amount on the repeat days: the population's spend per purchase
+                with np.errstate(invalid="ignore"):
+                    repeat = (xb >= 1) & (mb > 0) & np.isfinite(mb)
+                spend[buyer] = count * self.gamma_gamma._spend(xb, mb, repeat)
+        if learned_purchases is not None:
+            purchases = np.ravel(np.asarray(learned_purchases, dtype=np.float64))
+        if learned_spend is not None:
+            spend = np.ravel(np.asarray(learned_spend, dtype=np.float64))
+        if purchases.size != n or spend.size != n:
+            raise ValueError("learned predictions must have one entry per customer")
+        ranked = spend if self.has_spend else purchases
+        return {
+            "expected_purchases": purchases,
+            "expected_spend": spend,
+            "days_to_next_purchase": days,
+            "value_tier": self._tier_of(ranked),
+        }
+
+    @functools.cached_property
+    def _tier_table(self) -> tuple[FloatArray, NDArray[np.str_]]:
+        """:func:`value_tier`'s thresholds (ascending) and labels, built once."""
+        ascending = np.asarray(self.tiers.thresholds[::-1], dtype=np.float64)
+        return ascending, np.asarray([*self.tiers.labels, "unknown"])
+
+    def _tier_of(self, values: FloatArray) -> NDArray[np.str_]:
+        """:func:`value_tier` with the tables precomputed (the same rule)."""
+        ascending, labels = self._tier_table
+        missing = np.isnan(values)
+        reached = np.searchsorted(ascending, np.where(missing, -np.inf, values), "right")
+        return np.asarray(labels[np.where(missing, len(labels) - 1, len(ascending) - reached)])

@@ -132,7 +132,7 @@ def score_file(
     bands = dict.fromkeys(RISK_BANDS, 0)
 
     def score(events: pd.DataFrame) -> pd.DataFrame:
-        scores = bundle.predict_features(bundle.build_features(events, as_of=cutoff))
+        scores = bundle.predict_features(bundle.build_features(events, as_of=cutoff), as_of=cutoff)
         for band, n in scores["churn_risk"].value_counts().items():
             bands[str(band)] += int(n)
         return scores
@@ -157,7 +157,7 @@ def score_file(
 
 
 def _empty_scores(bundle: ModelBundle) -> pd.DataFrame:
-    text = (CUSTOMER_ID, "stage", "churn_risk")
+    text = (CUSTOMER_ID, "stage", "churn_risk", "next_purchase_date", "value_tier")
     columns = [CUSTOMER_ID, *bundle.output_columns]
     return pd.DataFrame({c: pd.Series(dtype="str" if c in text else "float64") for c in columns})
 

@@ -10,10 +10,14 @@ A bundle is a directory:
     (:class:`features.latent.LatentParams`, whose filtered state probabilities are
     features of both heads) with the stage forecast matrix (``P(stage | latent
     state)``, which turns the state distribution ``horizon_days`` ahead into
-    ``p_next_<stage>``). Plain JSON. Format 2; format 1 bundles (no latent model)
-    are still read.
+    ``p_next_<stage>``) and, optionally, the customer value model
+    (:class:`features.btyd.ValueModel`). Plain JSON. Format 3; format 1 (no latent
+    model) and format 2 (no value model) bundles are still read.
 ``stage_model.txt``, ``churn_model.txt``
     LightGBM boosters in LightGBM's own text format.
+``value_purchases.txt``, ``value_spend.txt``
+    The value model's learned heads, when it uses them (same format; their raw score
+    is the log of the expected purchases / spend over the value horizon).
 
 Loading reads JSON and text: nothing stored in the artifact is ever executed
 (no pickle, no cloudpickle). ``training`` writes bundles; ``serving`` and the MLflow
@@ -31,7 +35,8 @@ from typing import Annotated, Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from customer_lifecycle.features.contract import CUSTOMER_ID
+from customer_lifecycle.features.btyd import ValueModel
+from customer_lifecycle.features.contract import CUSTOMER_ID, parse_as_of
 from customer_lifecycle.features.definition import FeatureDefinition, definition_from_dict
 from customer_lifecycle.features.latent import LatentFilter, LatentParams, model_features
 from customer_lifecycle.scoring.trees import TreeEnsemble
@@ -44,14 +49,21 @@ from pydantic import (
     model_validator,
 )
 
-FORMAT_VERSION = 2
-#: Formats :meth:`ModelBundle.load` reads (format 1 has no latent model).
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+#: Formats :meth:`ModelBundle.load` reads (format 1 has no latent model, 2 no value model).
+READABLE_FORMATS = (1, 2, 3)
 #: Prefix of the forecast columns ``p_next_<stage>``.
 NEXT_PREFIX = "p_next_"
 BUNDLE_FILE = "bundle.json"
 STAGE_FILE = "stage_model.txt"
 CHURN_FILE = "churn_model.txt"
+#: Files of the value model's learned heads, by head.
+VALUE_FILES = {"purchases": "value_purchases.txt", "spend": "value_spend.txt"}
+#: Columns of the value model, last in the scores when a bundle has one.
+VALUE_COLUMNS = ("expected_purchases", "expected_spend", "next_purchase_date", "value_tier")
+#: Objectives of the learned value heads: both have a log link (prediction = exp(raw)).
+VALUE_OBJECTIVES = ("poisson", "tweedie")
+_BTYD_COLUMNS = ("btyd_frequency", "btyd_recency_days", "btyd_age_days", "btyd_mean_spend")
 RISK_BANDS = ("low", "medium", "high")
 
 
@@ -90,7 +102,15 @@ class ModelBundle:
         ``(n_states, len(stages))``: row ``k`` is ``P(stage | latent state k)``, rows sum
         to 1; with it, the scores carry ``p_next_<stage>``, the probability of each stage
         ``horizon_days`` ahead. Requires ``latent``.
+    value
+        The customer value model (:class:`features.btyd.ValueModel`), or ``None``; with
+        it the scores end with :data:`VALUE_COLUMNS`.
+    value_purchases_booster, value_spend_booster
+        The value model's learned heads (log link, on the definition's feature columns),
+        exactly those its ``heads`` name.
     """
+
+    VALUE_COLUMNS = VALUE_COLUMNS
 
     definition: FeatureDefinition
     stages: tuple[str, ...]
@@ -104,6 +124,9 @@ class ModelBundle:
     metadata: dict[str, Any] = field(default_factory=dict)
     latent: LatentParams | None = None
     stage_forecast: tuple[tuple[float, ...], ...] | None = None
+    value: ValueModel | None = None
+    value_purchases_booster: lgb.Booster | None = None
+    value_spend_booster: lgb.Booster | None = None
 
     def __post_init__(self) -> None:
         if not self.stage_weights:
@@ -124,6 +147,25 @@ class ModelBundle:
         self._features = [*self.definition.feature_names(), *latent_names]
         if len(set(self._features)) != len(self._features):
             raise ValueError("the latent columns clash with the definition's feature names")
+        if self.value is not None and not isinstance(self.value, ValueModel):
+            raise ValueError("value must be a ValueModel or None")
+        heads = () if self.value is None else self.value.heads
+        for head, booster in (
+            ("purchases", self.value_purchases_booster),
+            ("spend", self.value_spend_booster),
+        ):
+            if (head in heads) != (booster is not None):
+                raise ValueError(
+                    f"a learned value {head} booster is needed exactly when the value model "
+                    f"uses the {head} head"
+                )
+        self._btyd_index: list[int] = []
+        if self.value is not None:
+            names = self.definition.feature_names()
+            missing = [c for c in _BTYD_COLUMNS if c not in names]
+            if missing:
+                raise ValueError(f"the value model needs the feature {missing[0]!r}")
+            self._btyd_index = [names.index(c) for c in _BTYD_COLUMNS]
         # p_next_<stage> must never read as the probability of a stage next_<stage>
         # (the score store tells stages from forecasts by that rule)
         clash = [s for s in self.stages if s.startswith("next_") and s[5:] in self.stages]
@@ -139,6 +181,18 @@ class ModelBundle:
     def churn_trees(self) -> TreeEnsemble:
         """The churn head flattened for the tree kernels (set by :meth:`load`, checked)."""
         return TreeEnsemble.from_booster(self.churn_booster)
+
+    @functools.cached_property
+    def value_purchases_trees(self) -> TreeEnsemble | None:
+        """The learned purchases head flattened for the tree kernels, or None."""
+        booster = self.value_purchases_booster
+        return None if booster is None else TreeEnsemble.from_booster(booster)
+
+    @functools.cached_property
+    def value_spend_trees(self) -> TreeEnsemble | None:
+        """The learned spend head flattened for the tree kernels, or None."""
+        booster = self.value_spend_booster
+        return None if booster is None else TreeEnsemble.from_booster(booster)
 
     @functools.cached_property
     def latent_filter(self) -> LatentFilter | None:
@@ -171,6 +225,8 @@ class ModelBundle:
         columns = ["stage", "churn_probability", "churn_risk", *[f"p_{s}" for s in self.stages]]
         if self.forecasts:
             columns += [f"{NEXT_PREFIX}{s}" for s in self.stages]
+        if self.value is not None:
+            columns += list(VALUE_COLUMNS)
         return columns
 
     def build_features(
@@ -256,11 +312,75 @@ class ModelBundle:
         states = X[:, self._n_definition : self._n_definition + m.shape[0]]
         return states @ m
 
-    def predict_matrix(self, X: np.ndarray) -> dict[str, np.ndarray]:
+    def value_outputs(
+        self, X: np.ndarray, as_of: pd.Timestamp | None = None
+    ) -> dict[str, np.ndarray] | None:
+        """The value model's outputs for a feature matrix, or None without a value model.
+
+        Numpy and the tree kernels only (the HTTP API calls it once per request).
+
+        Parameters
+        ----------
+        X
+            Feature matrix in :attr:`feature_names` order.
+        as_of
+            Scoring time; the next purchase date is ``as_of`` plus the predicted days
+            (UTC calendar date). ``None``: no dates.
+
+        Returns
+        -------
+        dict of numpy.ndarray or None
+            :data:`VALUE_COLUMNS`: ``expected_purchases`` and ``expected_spend``
+            (float64, spend NaN when the training log had no amounts),
+            ``next_purchase_date`` (object: ``"YYYY-MM-DD"`` or None) and
+            ``value_tier`` (object: ``top_1`` ... ``rest``, ``unknown``).
+        """
+        value = self.value
+        if value is None:
+            return None
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self._features):
+            raise ValueError(f"X must have shape (n, {len(self._features)})")
+        x, t_x, age, m = (X[:, i] for i in self._btyd_index)
+        own = X[:, : self._n_definition]
+        learned = {}
+        for head, trees in (
+            ("purchases", self.value_purchases_trees),
+            ("spend", self.value_spend_trees),
+        ):
+            if trees is not None:
+                learned[head] = np.exp(trees.raw_scores(own)[:, 0])
+        out = value.predict(
+            x,
+            t_x,
+            age,
+            m,
+            learned_purchases=learned.get("purchases"),
+            learned_spend=learned.get("spend"),
+        )
+        dates = np.full(len(X), None, dtype=object)
+        days = out["days_to_next_purchase"]
+        if as_of is not None:
+            dated = ~np.isnan(days)
+            if dated.any():
+                start = _utc_nanoseconds(as_of)
+                when = start + np.round(days[dated] * 86_400e9).astype(np.int64)
+                dates[dated] = np.datetime_as_string(when.astype("datetime64[ns]"), unit="D")
+        return {
+            "expected_purchases": out["expected_purchases"],
+            "expected_spend": out["expected_spend"],
+            "next_purchase_date": dates,
+            "value_tier": out["value_tier"].astype(object),
+        }
+
+    def predict_matrix(
+        self, X: np.ndarray, *, as_of: pd.Timestamp | None = None
+    ) -> dict[str, np.ndarray]:
         """Raw outputs for a feature matrix in :attr:`feature_names` order.
 
-        Keys ``stage``, ``stage_proba``, ``churn_probability``, ``churn_risk`` and, when
-        the bundle has a stage forecast, ``next_stage_proba``.
+        Keys ``stage``, ``stage_proba``, ``churn_probability``, ``churn_risk``, when the
+        bundle has a stage forecast ``next_stage_proba`` and, when it has a value model,
+        :data:`VALUE_COLUMNS` (:meth:`value_outputs` at ``as_of``).
         """
         proba = self.stage_proba(X)
         pick = np.argmax(proba * np.asarray(self.stage_weights), axis=1)
@@ -274,15 +394,20 @@ class ModelBundle:
         forecast = self.next_stage_proba(X)
         if forecast is not None:
             out["next_stage_proba"] = forecast
+        value = self.value_outputs(X, as_of)
+        if value is not None:
+            out.update(value)
         return out
 
-    def predict_features(self, features: pd.DataFrame) -> pd.DataFrame:
+    def predict_features(self, features: pd.DataFrame, *, as_of: object = None) -> pd.DataFrame:
         """Score precomputed features (one row per customer).
 
         ``features`` must hold every column of :attr:`feature_names`; extra columns are
         ignored. Customer ids come from a ``customer_id`` column or the index. Returns
-        ``customer_id, stage, churn_probability, churn_risk, p_<stage>...`` and, when the
-        bundle has a stage forecast, ``p_next_<stage>...``.
+        ``customer_id, stage, churn_probability, churn_risk, p_<stage>...``, when the
+        bundle has a stage forecast ``p_next_<stage>...`` and, when it has a value
+        model, :data:`VALUE_COLUMNS` (``next_purchase_date`` is None without
+        ``as_of``, the time the features were built at).
         """
         missing = [c for c in self._features if c not in features.columns]
         if missing:
@@ -291,7 +416,7 @@ class ModelBundle:
                 f"first {missing[0]!r}"
             )
         X = features[self._features].to_numpy(dtype=np.float64)
-        out = self.predict_matrix(X)
+        out = self.predict_matrix(X, as_of=None if as_of is None else parse_as_of(as_of))
         ids = (
             features[CUSTOMER_ID].astype(str).to_numpy()
             if CUSTOMER_ID in features.columns
@@ -310,11 +435,14 @@ class ModelBundle:
         if "next_stage_proba" in out:
             for k, stage in enumerate(self.stages):
                 frame[f"{NEXT_PREFIX}{stage}"] = out["next_stage_proba"][:, k]
+        if self.value is not None:
+            for column in VALUE_COLUMNS:
+                frame[column] = out[column]
         return frame
 
     def predict_events(self, events: pd.DataFrame, *, as_of: object) -> pd.DataFrame:
         """Build features at ``as_of`` (:meth:`build_features`), then score them."""
-        return self.predict_features(self.build_features(events, as_of=as_of))
+        return self.predict_features(self.build_features(events, as_of=as_of), as_of=as_of)
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -323,6 +451,15 @@ class ModelBundle:
         path.mkdir(parents=True, exist_ok=True)
         self.stage_booster.save_model(str(path / STAGE_FILE))
         self.churn_booster.save_model(str(path / CHURN_FILE))
+        for head, booster in (
+            ("purchases", self.value_purchases_booster),
+            ("spend", self.value_spend_booster),
+        ):
+            file = path / VALUE_FILES[head]
+            if booster is not None:
+                booster.save_model(str(file))
+            elif file.exists():  # a stale head from an earlier save must not linger
+                file.unlink()
         doc = {
             "format_version": FORMAT_VERSION,
             "definition": self.definition.to_dict(),
@@ -338,6 +475,7 @@ class ModelBundle:
             "stage_forecast": None
             if self.stage_forecast is None
             else [list(row) for row in self.stage_forecast],
+            "value": None if self.value is None else self.value.to_dict(),
         }
         (path / BUNDLE_FILE).write_text(json.dumps(doc, indent=2, default=_json_default))
         return path
@@ -375,6 +513,18 @@ class ModelBundle:
             if features != doc.feature_names:
                 what = "definition and latent model" if latent is not None else "definition"
                 raise ValueError(f"feature names do not match the stored {what}")
+            value = None if doc.value is None else ValueModel.from_dict(doc.value)
+            value_heads: dict[str, tuple[lgb.Booster, TreeEnsemble]] = {}
+            for head in () if value is None else value.heads:
+                file = path / VALUE_FILES[head]
+                value_heads[head] = _read_head(file, f"value {head}", 1)
+                _check_value_objective(file)
+                n_own = len(definition.feature_names())
+                if value_heads[head][1].num_features != n_own:
+                    raise ValueError(
+                        f"the value {head} head takes {value_heads[head][1].num_features} "
+                        f"features, the definition has {n_own}"
+                    )
             stage_booster, stage_trees = _read_head(path / STAGE_FILE, "stage", len(stages))
             churn_booster, churn_trees = _read_head(path / CHURN_FILE, "churn", 1)
             for head, trees in (("stage", stage_trees), ("churn", churn_trees)):
@@ -396,10 +546,19 @@ class ModelBundle:
                 metadata=doc.metadata,
                 latent=latent,
                 stage_forecast=forecast,
+                value=value,
+                value_purchases_booster=value_heads["purchases"][0]
+                if "purchases" in value_heads
+                else None,
+                value_spend_booster=value_heads["spend"][0] if "spend" in value_heads else None,
             )
         except ValueError as exc:
             raise ValueError(f"model bundle {path} is refused: {exc}") from None
         bundle.stage_trees, bundle.churn_trees = stage_trees, churn_trees
+        if "purchases" in value_heads:
+            bundle.value_purchases_trees = value_heads["purchases"][1]
+        if "spend" in value_heads:
+            bundle.value_spend_trees = value_heads["spend"][1]
         return bundle
 
 
@@ -422,11 +581,14 @@ class BundleDocument(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     latent: dict[str, Any] | None = None
     stage_forecast: list[list[float]] | None = Field(default=None, max_length=64)
+    value: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleDocument:
         if self.format_version < 2 and (self.latent is not None or self.stage_forecast):
             raise ValueError("a format 1 bundle cannot hold a latent model")
+        if self.format_version < 3 and self.value is not None:
+            raise ValueError(f"a format {self.format_version} bundle cannot hold a value model")
         if len(set(self.stages)) != len(self.stages):
             raise ValueError("stage names must be unique")
         if len(self.stage_weights) != len(self.stages):
@@ -484,6 +646,26 @@ def _read_head(file: Path, head: str, outputs: int) -> tuple[lgb.Booster, TreeEn
     if not np.allclose(trees.raw_scores(probe), expected.reshape(len(probe), -1), atol=1e-9):
         raise ValueError(f"the {head} head's trees do not reproduce LightGBM's scores")
     return booster, trees
+
+
+def _check_value_objective(file: Path) -> None:
+    """Refuse a value head whose objective is not a log link (exp(raw) would be wrong)."""
+    head = file.read_text(encoding="utf-8").partition("\n\n")[0]
+    objective = next((line[10:] for line in head.split("\n") if line.startswith("objective=")), "")
+    if objective.split(" ")[0] not in VALUE_OBJECTIVES:
+        raise ValueError(
+            f"{file.name}: objective {objective[:40]!r} is not one of {', '.join(VALUE_OBJECTIVES)}"
+        )
+
+
+def _utc_nanoseconds(as_of: object) -> np.int64:
+    """Nanoseconds since 1970 UTC of a scoring time (naive means UTC).
+
+    ``Timestamp.value`` is UTC nanoseconds whatever the zone and unit, so a timestamp
+    costs an attribute read (this runs once per API request).
+    """
+    ts = as_of if isinstance(as_of, pd.Timestamp) else parse_as_of(as_of)
+    return np.int64(ts.value)
 
 
 def _check_forecast(value: object, n_states: int, n_stages: int) -> tuple[tuple[float, ...], ...]:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import mlflow
 import numpy as np
 import pandas as pd
+from customer_lifecycle.features.btyd import VALUE_TIER_SHARES, tier_thresholds
 from customer_lifecycle.features.contract import CUSTOMER_ID, parse_as_of, parse_timestamps
 from customer_lifecycle.features.definition import FeatureDefinition, load_definition
 from customer_lifecycle.features.engine import build_features
@@ -36,6 +37,7 @@ from customer_lifecycle.features.taxonomy import Taxonomy, load_taxonomy
 from customer_lifecycle.scoring.bundle import ModelBundle
 from customer_lifecycle.scoring.pyfunc import BUNDLE_ARTIFACT, MODEL_CODE, load_bundle
 from customer_lifecycle.training import btyd, metrics, models, plots, tracking
+from customer_lifecycle.training import value as value_model
 from customer_lifecycle.training.eligibility import TrainingCounts, require_trainable
 from customer_lifecycle.training.labels import (
     Rulebook,
@@ -70,10 +72,19 @@ class TrainConfig:
     max_rounds: int = 2000
     lgb_params: dict[str, Any] = field(default_factory=dict)
     unknown_events: str = "strict"
+    value: bool = True
+    value_horizon_days: int = 365
+    value_tiers: tuple[float, ...] = VALUE_TIER_SHARES
 
     def __post_init__(self) -> None:
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError("validation fraction must be between 0 and 1")
+        h = self.value_horizon_days
+        if isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= 3650:
+            raise ValueError(
+                f"the value horizon must be a whole number of days from 1 to 3650, not {h!r}"
+            )
+        tier_thresholds([1.0], self.value_tiers)  # refuses bad shares in one line
         folds = self.cv_folds
         if not (
             folds == "auto"
@@ -266,6 +277,22 @@ def train(
         "latest_as_of": max(examples.keys["as_of"]).isoformat(),
         "validation_model": VALIDATION_MODEL,
     }
+    latest_as_of = max(examples.keys["as_of"])
+    value_fit: value_model.ValueFit | None = None
+    if config.value:
+        started = time.perf_counter()
+        value_fit = value_model.fit_value(
+            events,
+            latest_as_of,
+            definition=definition,
+            horizon_days=config.value_horizon_days,
+            shares=config.value_tiers,
+            seed=config.seed,
+            max_rounds=config.max_rounds,
+            lgb_params=config.lgb_params,
+            say=say,
+        )
+        say(f"value: fitted and evaluated in {time.perf_counter() - started:.1f} s")
     bundle = ModelBundle(
         definition=definition,
         stages=taxonomy.stages,
@@ -287,7 +314,11 @@ def train(
             "qualifying": config.qualifying,
             "taxonomy": taxonomy.to_dict(),
             "training": training,
+            **({} if value_fit is None else {"value": value_fit.summary}),
         },
+        value=None if value_fit is None else value_fit.model,
+        value_purchases_booster=None if value_fit is None else value_fit.boosters.get("purchases"),
+        value_spend_booster=None if value_fit is None else value_fit.boosters.get("spend"),
     )
     say(
         f"validation metrics are of the fold models ({fold_text}), fitted without the "
@@ -302,6 +333,8 @@ def train(
     scores = evaluate_bundle(held_out_model, valid_ex, taxonomy)
     baseline_scores = baselines(fit_ex, valid_ex, taxonomy, rulebook, config)
     all_metrics = {**_prefixed("valid", scores.metrics), **baseline_scores.metrics}
+    if value_fit is not None:
+        all_metrics.update(value_fit.metrics)
     if oracle_predictions is not None:
         all_metrics.update(oracle_metrics(oracle_predictions, valid_ex, taxonomy, say=say))
         if "oracle_stage_macro_f1" in all_metrics:
@@ -326,6 +359,7 @@ def train(
         },
         "churn_rate": float(examples.churn.mean()),
         "rulebook_baseline": rulebook_note,
+        **({} if value_fit is None else {"value": value_fit.summary}),
     }
 
     tracking.configure(experiment)
@@ -339,6 +373,7 @@ def train(
             **{k: training[k] for k in LOGGED_TRAINING_PARAMS},
             "taxonomy": ",".join(taxonomy.stages),
             "rulebook_baseline": rulebook_note,
+            **({"value_heads": "none"} if value_fit is None else value_fit.params),
         }
         mlflow.log_params(params)
         mlflow.set_tag("rulebook_baseline", "skipped" if rulebook is None else "run")
@@ -349,6 +384,9 @@ def train(
         mlflow.log_dict(summary, "data_summary.json")
         mlflow.log_metrics(mlflow_metrics(all_metrics))
         _log_plots(bundle, valid_ex, taxonomy, scores, baseline_scores)
+        if value_fit is not None:
+            for path, fig in value_fit.figures.items():
+                mlflow.log_figure(fig, path)
         bundle.metadata["run_id"] = run.info.run_id
         info = _log_model(bundle, valid_ex, register)
         version = getattr(info, "registered_model_version", None)

@@ -524,6 +524,21 @@ def train(
             "give its filtered states to both heads; it also gives p_next_<stage>."
         ),
     ] = True,
+    value: Annotated[
+        bool,
+        typer.Option(
+            help="Fit the customer value model (BG/NBD, Gamma-Gamma, learned heads kept only "
+            "where they beat them) and evaluate it on held-out time."
+        ),
+    ] = True,
+    value_horizon_days: Annotated[
+        int,
+        typer.Option(help="Horizon of the expected purchases and spend, in days."),
+    ] = 365,
+    value_tiers: Annotated[
+        str,
+        typer.Option(help="Value tiers as top percentages of predicted spend, e.g. 1,5,10,25,50."),
+    ] = "1,5,10,25,50",
 ) -> None:
     """Train the stage and churn heads, log the run to MLflow, print run id and model URI."""
     from customer_lifecycle.simulator import dataset_oracle
@@ -541,13 +556,6 @@ def train(
         },
         _quarantine_output(events, None),
     )
-    # On a simulated log, score the Bayes-optimal oracle beside the model. Its churn is
-    # "no event at all in the horizon", so it only answers --qualifying any.
-    oracle = (
-        dataset_oracle(events, horizon_days=horizon_days, as_of=[as_of] if as_of else ())
-        if qualifying == "any"
-        else None
-    )
     config = TrainConfig(
         horizon_days=horizon_days,
         qualifying=qualifying,
@@ -555,6 +563,16 @@ def train(
         risk_thresholds=(risk_low, risk_high),
         unknown_events=unknown_events,
         latent_states=latent_states,
+        value=value,
+        value_horizon_days=value_horizon_days,
+        value_tiers=_tier_shares(value_tiers),
+    )
+    # On a simulated log, score the Bayes-optimal oracle beside the model. Its churn is
+    # "no event at all in the horizon", so it only answers --qualifying any.
+    oracle = (
+        dataset_oracle(events, horizon_days=horizon_days, as_of=[as_of] if as_of else ())
+        if qualifying == "any"
+        else None
     )
     result = run_training(
         events,
@@ -584,6 +602,16 @@ def train(
         )
     typer.echo(f"run id: {result.run_id}")
     typer.echo(f"model URI: {result.model_uri}")
+
+
+def _tier_shares(text: str) -> tuple[float, ...]:
+    """``"1,5,10"`` (percent) as shares ``(0.01, 0.05, 0.1)``; one-line error otherwise."""
+    try:
+        return tuple(float(part) / 100.0 for part in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--value-tiers must be comma-separated percentages such as 1,5,10,25,50, not {text!r}"
+        ) from None
 
 
 @app.command()

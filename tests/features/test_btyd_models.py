@@ -228,6 +228,23 @@ def test_ties_go_to_the_higher_tier_and_nan_is_unknown():
     )
 
 
+def test_ties_can_stay_below_so_no_tier_overfills():
+    # a block of equal spends (a fill for customers without history) straddles both cuts
+    spend = np.array([9.0, 8.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 1.0, 0.5])
+    th = tier_thresholds(spend, (0.1, 0.5), ties="lower")
+    tiers = value_tier(spend, th)
+    assert list(tiers) == ["top_10", "top_50", *["rest"] * 8]
+    for i, share in enumerate(th.shares):
+        assert np.isin(tiers, th.labels[: i + 1]).mean() <= share
+    # without ties both rules agree
+    distinct = _continuous_spend(1_000, seed=5)
+    assert tier_thresholds(distinct, ties="lower") == tier_thresholds(distinct)
+    # the default lifts the block: 8.0 and the six 3.0s are all in the top 50 %
+    assert (value_tier(spend, tier_thresholds(spend, (0.1, 0.5))) == "top_50").sum() == 7
+    with pytest.raises(ValueError, match="ties must be"):
+        tier_thresholds(spend, ties="random")
+
+
 @pytest.mark.parametrize(
     ("shares", "message"),
     [

@@ -52,7 +52,7 @@ def test_round_trip_keeps_the_latent_model_and_the_forecast(
     bundle: ModelBundle, saved: Path, data: LatentData
 ) -> None:
     loaded = ModelBundle.load(saved)
-    assert json.loads((saved / BUNDLE_FILE).read_text())["format_version"] == 2
+    assert json.loads((saved / BUNDLE_FILE).read_text())["format_version"] == 3
     assert loaded.feature_names == bundle.feature_names
     assert loaded.feature_names[-len(bundle.latent_filter.feature_names) :] == (  # type: ignore[union-attr]
         bundle.latent_filter.feature_names  # type: ignore[union-attr]

@@ -91,6 +91,18 @@ def test_run_is_tracked_with_params_metrics_plots_and_model(store: Path, trained
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "plots")}
     assert "plots/stage_confusion_matrix.png" in artifacts
     assert "plots/churn_roc_pr.png" in artifacts
+    # the value model: a year of simulated history is evaluated on its last half year
+    params = run.data.params
+    assert params["value_horizon_days"] == "365"
+    assert params["value_eval_horizon_days"] == "182"
+    assert params["value_heads"] == "baseline"  # no head is tried at another horizon
+    for who in ("bgnbd", "model"):
+        for metric in ("purchases_mae", "spend_rmse", "spend_top_decile_share", "next_days_mae"):
+            assert f"value_{who}_{metric}" in run.data.metrics, (who, metric)
+    value_plots = {a.path for a in MlflowClient().list_artifacts(result.run_id, "plots/value")}
+    assert {"plots/value/bgnbd_gains.png", "plots/value/model_predicted_vs_actual.png"} <= (
+        value_plots
+    )
     assert result.model_uri == "models:/lifecycle-test/1"
     assert result.promoted
 

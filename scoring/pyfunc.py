@@ -20,6 +20,9 @@ from mlflow.pyfunc import PythonModel
 
 BUNDLE_ARTIFACT = "bundle"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
+#: The pyfunc's one inference parameter: the time the features were built at (ISO 8601),
+#: which dates ``next_purchase_date``; empty by default.
+AS_OF_PARAM = "as_of"
 
 
 class LifecycleModel(PythonModel):
@@ -38,7 +41,10 @@ class LifecycleModel(PythonModel):
             raise RuntimeError("the model bundle is not loaded")
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
-        return self.bundle.predict_features(model_input)
+        # the features were built at some as_of the frame does not carry: a caller who
+        # passes it gets next_purchase_date, others get it empty
+        as_of = (params or {}).get(AS_OF_PARAM) or None
+        return self.bundle.predict_features(model_input, as_of=as_of)
 
 
 def bundle_of(pyfunc_model: Any) -> ModelBundle:

@@ -35,7 +35,7 @@ from customer_lifecycle.features.latent import LatentFilter, LatentStateFeatures
 from customer_lifecycle.features.mapping import load_mapping
 from customer_lifecycle.features.taxonomy import Taxonomy, load_taxonomy
 from customer_lifecycle.scoring.bundle import ModelBundle
-from customer_lifecycle.scoring.pyfunc import BUNDLE_ARTIFACT, MODEL_CODE, load_bundle
+from customer_lifecycle.scoring.pyfunc import AS_OF_PARAM, BUNDLE_ARTIFACT, MODEL_CODE, load_bundle
 from customer_lifecycle.training import btyd, metrics, models, plots, tracking
 from customer_lifecycle.training import value as value_model
 from customer_lifecycle.training.eligibility import TrainingCounts, require_trainable
@@ -788,7 +788,7 @@ def _log_model(bundle: ModelBundle, valid_ex: Examples, register: str | None) ->
     example = valid_ex.X[bundle.feature_names].head(5).reset_index()
     example = example[[CUSTOMER_ID, *bundle.feature_names]]
     example[CUSTOMER_ID] = example[CUSTOMER_ID].astype(str)
-    signature = infer_signature(example, bundle.predict_features(example))
+    signature = infer_signature(example, bundle.predict_features(example), params={AS_OF_PARAM: ""})
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = bundle.save(Path(tmp) / BUNDLE_ARTIFACT)
         # the model carries this package's wheel and names it in its requirements, so an

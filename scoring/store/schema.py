@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from customer_lifecycle.scoring.bundle import VALUE_COLUMNS
 from sqlalchemy import (
     Column,
     Connection,
@@ -47,9 +48,6 @@ MIGRATION_LOCK_TIMEOUT_MS = 5_000
 #: The schema version this code writes and reads; older stores are migrated to it.
 SCHEMA_VERSION = 4
 
-# the same names as scoring.bundle.VALUE_COLUMNS
-#: A score's customer value over the value horizon, in the order of the scores file.
-VALUE_COLUMNS = ("expected_purchases", "expected_spend", "next_purchase_date", "value_tier")
 
 #: The labels a value tier can have: ``top_<percent>`` (``top_1``, ``top_5``, ``top_2.5``
 #: for configured shares), ``rest`` and ``unknown`` (no prediction).

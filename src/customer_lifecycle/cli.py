@@ -810,6 +810,9 @@ class _StoreRun:
                 model_version=self.version,
                 as_of=self.as_of,
                 keep_runs=self.keep_runs,
+                value_horizon_days=(
+                    None if self.bundle.value is None else self.bundle.value.horizon_days
+                ),
             )
         finally:
             self.engine.dispose()
@@ -871,7 +874,8 @@ def export(
         str,
         typer.Option(
             help="Filters, comma separated: stage=NAME, risk=low|medium|high, min_churn=P, "
-            "max_churn=P, stage_changed_since=TIME, risk_changed_since=TIME (none: everyone)."
+            "max_churn=P, stage_changed_since=TIME, risk_changed_since=TIME, value_tier=TIER "
+            "(top_1, top_5, ..., rest, unknown) (none: everyone)."
         ),
     ] = "",
     run_id: Annotated[

@@ -38,8 +38,12 @@ from customer_lifecycle.scoring.bundle import (
     VALUE_FILES,
     ModelBundle,
 )
+from customer_lifecycle.scoring.store import open_store, queries
 from customer_lifecycle.simulator import write_dataset
 from customer_lifecycle.training.value import fit_value
+from typer.testing import CliRunner
+
+from customer_lifecycle.cli import app
 
 AS_OF = "2024-12-31"
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
@@ -237,6 +241,32 @@ def test_tiers_are_the_same_in_chunks_and_at_once(
     ).all()
     np.testing.assert_allclose(chunked["expected_spend"], whole["expected_spend"])
     assert whole["value_tier"].nunique() >= 4
+
+
+def test_score_into_the_store_keeps_the_value_and_its_horizon(
+    bundle: ModelBundle, sim: Path, tmp_path: Path
+) -> None:
+    store, out = tmp_path / "scores.db", tmp_path / "scores.csv"
+    model = bundle.save(tmp_path / "model")
+    args = ["score", "--events", str(sim / "events.parquet"), "--model", str(model)]
+    result = CliRunner().invoke(
+        app, [*args, "--as-of", AS_OF, "--out", str(out), "--store", str(store)]
+    )
+    assert result.exit_code == 0, result.output
+    written = pd.read_csv(out, dtype={"customer_id": str}).set_index("customer_id")
+    engine = open_store(store)
+    try:
+        with engine.connect() as conn:
+            page = queries.segment(conn, queries.SegmentFilter(), limit=10_000)
+            assert bundle.value is not None
+            assert page.run.value_horizon_days == bundle.value.horizon_days
+            for item in page.items[:50]:
+                assert item.value is not None and item.value.horizon_days == 120
+                row = written.loc[item.customer_id]
+                assert item.value.value_tier == row["value_tier"]
+                assert item.value.expected_purchases == pytest.approx(row["expected_purchases"])
+    finally:
+        engine.dispose()
 
 
 # -- persistence ------------------------------------------------------------------------

@@ -146,6 +146,15 @@ def test_pyfunc_round_trip_reproduces_scores(trained, events: pd.DataFrame) -> N
     pd.testing.assert_frame_equal(
         via_mlflow.reset_index(drop=True), direct.reset_index(drop=True), check_dtype=False
     )
+    # without the features' as_of there is no date; with it (an inference parameter) the
+    # pyfunc dates the next purchase as the bundle does
+    assert via_mlflow["next_purchase_date"].isna().all()
+    dated = loaded.predict(feats.reset_index(), params={"as_of": "2024-12-31"})
+    expected = bundle.predict_features(feats, as_of="2024-12-31")
+    assert expected["next_purchase_date"].notna().any()
+    pd.testing.assert_frame_equal(
+        dated.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False
+    )
 
 
 def test_bundle_directory_round_trip(trained, tmp_path: Path, events: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]

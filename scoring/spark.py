@@ -136,38 +136,79 @@ def latent_features_spark(
     return grouped.mapInPandas(run, schema=schema)
 
 
+#: Score columns that are text (every other column after ``customer_id`` is double).
+_TEXT_COLUMNS = frozenset({"stage", "churn_risk", "next_purchase_date", "value_tier"})
+
+
+def score_schema(bundle: ModelBundle) -> str:
+    """The Spark DDL schema of :func:`score_spark`'s output for ``bundle``.
+
+    Parameters
+    ----------
+    bundle
+        The model; its :attr:`~scoring.bundle.ModelBundle.output_columns` are typed.
+
+    Returns
+    -------
+    str
+        ``customer_id`` then every output column: the stage, the risk band, the next
+        purchase date (``YYYY-MM-DD``, as the local scores write it) and the value tier
+        as ``string``, all others ``double``.
+    """
+    columns = [CUSTOMER_ID, *bundle.output_columns]
+    return ", ".join(
+        f"`{c}` {'string' if c == CUSTOMER_ID or c in _TEXT_COLUMNS else 'double'}" for c in columns
+    )
+
+
 def score_spark(
     events_df: DataFrame, *, bundle: ModelBundle, as_of: object, bundle_dir: str | Path
 ) -> DataFrame:
     """Scores of every customer with an event before ``as_of``, as a Spark DataFrame.
 
-    ``bundle_dir`` is where ``bundle`` was saved; it is shipped to the executors. Columns:
-    ``customer_id, stage, churn_probability, churn_risk, p_<stage>...`` and, when the
-    bundle has a stage forecast, ``p_next_<stage>...``.
+    Parameters
+    ----------
+    events_df
+        Clean events (as :func:`features.spark_engine.load_events_spark` returns them).
+    bundle
+        The model.
+    as_of
+        The scoring time: features are built from events strictly before it, and a
+        value model's ``next_purchase_date`` counts from it.
+    bundle_dir
+        Where ``bundle`` was saved; it is shipped to the executors.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        :func:`score_schema` columns: ``customer_id, stage, churn_probability,
+        churn_risk, p_<stage>...``, when the bundle has a stage forecast
+        ``p_next_<stage>...`` and, when it has a value model, ``expected_purchases``,
+        ``expected_spend`` (double), ``next_purchase_date`` (string ``YYYY-MM-DD``
+        or null) and ``value_tier`` (string), the values
+        :meth:`scoring.bundle.ModelBundle.predict_features` gives at ``as_of``.
     """
     from pyspark import SparkFiles
 
     spark = events_df.sparkSession
     spark.sparkContext.addFile(str(bundle_dir), recursive=True)
     name = Path(bundle_dir).name
+    # the executors get the instant as UTC nanoseconds: exact, and parsed only here
+    cutoff_ns = int(parse_as_of(as_of).value)
     feats = build_features_spark(events_df, as_of=as_of, definition=bundle.definition)
     if bundle.latent_filter is not None:
         latent = latent_features_spark(events_df, latent=bundle.latent_filter, as_of=as_of)
         # both have a row for exactly the customers with an event before as_of
         feats = feats.join(latent, on=CUSTOMER_ID, how="left")
-    schema = ", ".join(
-        [f"`{CUSTOMER_ID}` string", "stage string", "churn_probability double"]
-        + ["churn_risk string"]
-        + [f"`{c}` double" for c in bundle.output_columns[3:]]
-    )
 
     def predict(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = ModelBundle.load(SparkFiles.get(name))
+        cutoff = pd.Timestamp(cutoff_ns, tz="UTC")
         for frame in frames:
             if len(frame):
-                yield model.predict_features(frame)
+                yield model.predict_features(frame, as_of=cutoff)
 
-    return feats.mapInPandas(predict, schema=schema)
+    return feats.mapInPandas(predict, schema=score_schema(bundle))
 
 
 def score_parquet(
@@ -208,4 +249,4 @@ def score_parquet(
     return spark.read.parquet(str(out)).count(), summary
 
 
-__all__ = ["latent_features_spark", "score_parquet", "score_spark"]
+__all__ = ["latent_features_spark", "score_parquet", "score_schema", "score_spark"]

@@ -495,6 +495,10 @@ def _event_report(
     )
 
 
+#: Event types of a log with nothing but orders (no browsing, no engagement).
+PURCHASE_ONLY_TYPES = frozenset({"purchase", "refund"})
+
+
 def _event_warnings(ev: EventReport, qualifying: str) -> list[str]:
     out = []
     purchases = ev.amounts["purchase"]
@@ -509,6 +513,12 @@ def _event_warnings(ev: EventReport, qualifying: str) -> list[str]:
         out.append(
             f"{int(purchases['rows']):,} purchase events and none carries an amount: the "
             "amount features are all zero"
+        )
+    if purchases["rows"] > 0 and set(ev.event_types) <= PURCHASE_ONLY_TYPES:
+        out.append(
+            "the log holds purchase events only: rulebook labels can only be stages reached "
+            "by purchases (purchase, retention); train with a taxonomy of such stages or "
+            "with --labels (docs/events.md#purchase-only-logs)"
         )
     return out
 

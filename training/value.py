@@ -242,7 +242,7 @@ def _never_buyer_fill(
         if mask.any():
             purchases = float(actual["purchases"].to_numpy()[mask].mean())
             spend = float(actual["spend"].to_numpy()[mask].mean())
-            return (purchases, spend), f"{who}, {int(mask.sum()):,}"
+            return (purchases, spend), f"{int(mask.sum()):,} {who}"
     return (0.0, 0.0), "nobody"  # unreachable with any customer: rows is never empty
 
 

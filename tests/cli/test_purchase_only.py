@@ -182,6 +182,11 @@ def test_check_says_why_the_default_stages_cannot_be_learned(log: Log) -> None:
     assert verdict.startswith("verdict: not eligible to train")
     for stage in ("awareness", "consideration", "advocacy"):
         assert f"0 examples of stage '{stage}'" in verdict
+    # and it says why, with the way out
+    assert any(
+        line.startswith("warning: the log holds purchase events only") and "--labels" in line
+        for line in lines
+    )
 
 
 @pytest.mark.parametrize("qualifying", ["any", "purchases"])

@@ -24,6 +24,7 @@ import pytest
 from customer_lifecycle.features.definition import load_definition
 from customer_lifecycle.features.events import load_events
 from customer_lifecycle.features.taxonomy import Taxonomy, load_taxonomy
+from customer_lifecycle.scoring.bundle import VALUE_COLUMNS
 from customer_lifecycle.scoring.pyfunc import load_bundle
 from customer_lifecycle.serving.app import create_app
 from customer_lifecycle.serving.playbook import load_playbook
@@ -88,7 +89,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def shop(store: Path) -> dict[str, Path]:
     """A simulated log copied away from the simulator's files, and its true stages."""
     sim = store / "sim"
-    write_dataset(sim, customers=1500, seed=5, as_of=[AS_OF])
+    # enough that each of HubSpot's seven stages has the examples training needs, no more
+    write_dataset(sim, customers=1000, seed=5, as_of=[AS_OF])
     data = store / "shop"
     data.mkdir()
     shutil.copy(sim / "events.parquet", data / "events.parquet")
@@ -354,10 +356,12 @@ def test_three_stages_score_to_a_file(three: dict, shop: dict, store: Path) -> N
     )  # fmt: skip
     assert code == 0, err
     scores = pd.read_csv(out)
-    # the stage probabilities, then the forecast of the latent-stage model 90 days ahead
+    # the stage probabilities, the forecast of the latent-stage model 90 days ahead, then
+    # the customer value, whatever the stages are called
     assert list(scores.columns) == [
         "customer_id", "stage", "churn_probability", "churn_risk", "p_new", "p_returning",
-        "p_loyal", "p_next_new", "p_next_returning", "p_next_loyal",
+        "p_loyal", "p_next_new", "p_next_returning", "p_next_loyal", "expected_purchases",
+        "expected_spend", "next_purchase_date", "value_tier",
     ]  # fmt: skip
     assert set(scores["stage"]) <= set(THREE)
     assert scores[["p_new", "p_returning", "p_loyal"]].sum(axis=1).round(6).eq(1).all()
@@ -473,7 +477,7 @@ def test_hubspot_trains_evaluates_and_scores(hubspot: dict, shop: dict, store: P
     scores = pd.read_parquet(scores_path)
     assert list(scores.columns[4:]) == [f"p_{s}" for s in HUBSPOT] + [
         f"p_next_{s}" for s in HUBSPOT
-    ]
+    ] + list(VALUE_COLUMNS)
     assert set(scores["stage"]) <= set(HUBSPOT)
 
 

@@ -46,7 +46,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
     result = train(
         data / "events.parquet",
         labels_path=data / "labels.csv",
-        config=TrainConfig(max_rounds=10, seed=1),
+        config=TrainConfig(max_rounds=10, seed=1, cv_folds=2),  # plumbing: few folds
         register=NAME,
         promote_if_better=True,
         say=quiet,

@@ -1,8 +1,10 @@
 """Fixtures for the HTTP API: two trained models in a throwaway registry, app factories.
 
 Training runs once per session (two small models on simulated data, about half a
-minute). Version 1 of ``lifecycle-serving`` is the champion; version 2 is registered,
-not promoted, with different predictions, so a test can tell which model answered.
+minute), with two customer folds rather than the automatic five: no serving test is
+about cross-fitting, and each fold costs a fit of both heads. Version 1 of
+``lifecycle-serving`` is the champion; version 2 is registered, not promoted, with
+different predictions, so a test can tell which model answered.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
         train(
             data / "events.parquet",
             labels_path=data / "labels.csv",
-            config=TrainConfig(max_rounds=40, seed=1),
+            config=TrainConfig(max_rounds=40, seed=1, cv_folds=2),
             register=NAME,
             promote_if_better=True,
             say=quiet,
@@ -50,7 +52,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
         train(
             data / "events.parquet",
             labels_path=data / "labels.csv",
-            config=TrainConfig(max_rounds=15, seed=2, lgb_params={"num_leaves": 7}),
+            config=TrainConfig(max_rounds=15, seed=2, cv_folds=2, lgb_params={"num_leaves": 7}),
             register=NAME,
             promote_if_better=False,
             say=quiet,

@@ -1,9 +1,14 @@
 """Schemathesis, every check and every phase, against the app's OpenAPI schema over HTTP.
 
 Schemathesis' pytest integration does not work with this pytest version, so the
-schemathesis command line runs against a live server: 300 examples per operation, NUL
-bytes and any UTF-8 text in strings, and non-finite numbers (``NaN``, ``Infinity``) in
-bodies through the hooks in ``schemathesis_hooks.py``. It takes a few minutes.
+schemathesis command line runs against a live server: NUL bytes and any UTF-8 text in
+strings, and non-finite numbers (``NaN``, ``Infinity``) in bodies through the hooks in
+``schemathesis_hooks.py``. Every operation goes through every phase: its schema
+examples, the coverage phase (boundary and schema-violating values, drawn
+systematically, not at random), 150 fuzzed examples, and stateful sequences. Nearly all
+of the run's time is schemathesis drawing and checking cases, not the server (about 42 s
+of its CPU to 7 s of the server's at 100 examples), and the fuzzing phase is most of
+that: 150 fuzzed examples rather than 300 make the test about half as long.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def test_api_conforms_to_its_openapi_schema(trained: Trained, tmp_path: Path) ->
                 "--header",
                 f"Authorization: Bearer {KEYS[0]}",
                 "--max-examples",
-                "300",
+                "150",
                 "--generation-allow-x00",
                 "true",
                 "--generation-codec",

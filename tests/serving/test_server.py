@@ -635,7 +635,7 @@ def test_soak_a_broken_version_promoted_under_load_fails_no_request(
         children = _children(proc.pid)
         with _Load(url, body, rate=200, threads=4) as load:
             started = time.monotonic()
-            time.sleep(3)
+            time.sleep(1)  # requests in flight before the promotion (asserted below)
             registry.set_registered_model_alias(name, "champion", broken)
             promoted_broken = time.monotonic()
             deadline = time.monotonic() + 120
@@ -676,6 +676,8 @@ def test_soak_a_broken_version_promoted_under_load_fails_no_request(
     rate = f"{len(results)} requests in {elapsed:.1f} s"
     assert sum(promoted_broken <= t < promoted for t, _, _ in results) >= 200, rate
     times = [t for t, _, _ in results]
+    # both promotions fell strictly inside the load: requests answered before and after each
+    assert min(times) < promoted_broken and max(times) > promoted, rate
     assert max(b - a for a, b in itertools.pairwise(times)) < 5, rate  # never stalled
     assert {status for _, status, _ in results} == {200}
     assert {v for t, _, v in results if t < promoted} == {old}  # the old one throughout

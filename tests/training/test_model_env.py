@@ -58,7 +58,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         result = train(
             data / "events.parquet",
             labels_path=data / "labels.csv",
-            config=TrainConfig(max_rounds=10, seed=1),
+            config=TrainConfig(max_rounds=10, seed=1, cv_folds=2),  # plumbing: few folds
             register=NAME,
             say=lambda _: None,
         )
@@ -206,7 +206,9 @@ def test_model_installs_and_predicts_in_a_fresh_virtualenv(model_dir: Path, tmp_
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         return out.stdout
 
-    run("-m", "pip", "install", "--quiet", "-r", "requirements.txt")
+    # --no-compile: byte-compiling all of mlflow, scipy, sklearn ... costs CPU time and
+    # changes nothing here (Python compiles what the prediction imports as it imports it)
+    run("-m", "pip", "install", "--quiet", "--no-compile", "-r", "requirements.txt")
     there = tmp_path / "predictions.parquet"
     facts = json.loads(run("-c", _PREDICT, str(model_dir), str(there)).splitlines()[-1])
 

@@ -283,6 +283,8 @@ def three(store: Path, shop: dict) -> dict[str, object]:
     labels.to_csv(data / "three-labels.csv", index=False)
     code, out, err = _invoke(
         "train",
+        "--cv-folds",  # cross-fitting is not what this module tests
+        "2",
         "--events",
         str(shop["events"]),
         "--labels",
@@ -400,7 +402,7 @@ def test_without_labels_a_rulebook_for_the_stages_labels_and_is_the_baseline(
     (data / "three.yaml").write_text(THREE_STAGE_FILE)
     (data / "three-rules.yaml").write_text(THREE_STAGE_RULES)
     code, out, err = _invoke(
-        "train", "--events", str(shop["events"]), "--as-of", AS_OF,
+        "train", "--cv-folds", "2", "--events", str(shop["events"]), "--as-of", AS_OF,
         "--taxonomy", str(data / "three.yaml"), "--rulebook", str(data / "three-rules.yaml"),
         "--experiment", "three-stage-rules",
     )  # fmt: skip
@@ -435,7 +437,7 @@ def hubspot(store: Path, shop: dict) -> dict[str, object]:
     labels = shop["data"] / "hubspot-labels.csv"
     truth.assign(stage=stage).to_csv(labels, index=False)
     code, out, err = _invoke(
-        "train", "--events", str(shop["events"]), "--labels", str(labels),
+        "train", "--cv-folds", "2", "--events", str(shop["events"]), "--labels", str(labels),
         "--taxonomy", "hubspot", "--register", "hubspot", "--promote-if-better",
         "--experiment", "hubspot",
     )  # fmt: skip

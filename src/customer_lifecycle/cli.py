@@ -539,6 +539,13 @@ def train(
         str,
         typer.Option(help="Value tiers as top percentages of predicted spend, e.g. 1,5,10,25,50."),
     ] = "1,5,10,25,50",
+    cv_folds: Annotated[
+        str,
+        typer.Option(
+            help="Customer folds that choose the rounds and the calibration: auto (5 up to "
+            "25,000 fit rows, 3 up to 50,000, then one held-out fold) or 1 to 10."
+        ),
+    ] = "auto",
 ) -> None:
     """Train the stage and churn heads, log the run to MLflow, print run id and model URI."""
     from customer_lifecycle.simulator import dataset_oracle
@@ -566,6 +573,7 @@ def train(
         value=value,
         value_horizon_days=value_horizon_days,
         value_tiers=_tier_shares(value_tiers),
+        cv_folds=_cv_folds(cv_folds),
     )
     # On a simulated log, score the Bayes-optimal oracle beside the model. Its churn is
     # "no event at all in the horizon", so it only answers --qualifying any.
@@ -602,6 +610,18 @@ def train(
         )
     typer.echo(f"run id: {result.run_id}")
     typer.echo(f"model URI: {result.model_uri}")
+
+
+def _cv_folds(text: str) -> int | str:
+    """``--cv-folds``: ``auto`` or a whole number (TrainConfig checks its range)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"--cv-folds must be auto or a whole number from 1 to 10, not {text!r}"
+        ) from None
 
 
 def _tier_shares(text: str) -> tuple[float, ...]:

@@ -197,10 +197,11 @@ def test_training_alone_logs_no_oracle(store: Path, sim: Path) -> None:
 def test_cli_train_on_simulated_data_logs_the_oracle(store: Path, sim: Path) -> None:
     # the command line is where the simulator's oracle meets training
     args = ["train", "--events", str(sim / "events.parquet"), "--labels", str(sim / "labels.csv")]
-    result = CliRunner().invoke(app, [*args, "--experiment", "cli-oracle"])
+    result = CliRunner().invoke(app, [*args, "--experiment", "cli-oracle", "--cv-folds", "2"])
     assert result.exit_code == 0, result.output
     assert "oracle:     stage macro-F1" in result.stdout
     run_id = result.stdout.split("run id: ")[1].split()[0]
+    assert MlflowClient().get_run(run_id).data.params["folds"] == "2"
     logged = MlflowClient().get_run(run_id).data.metrics
     assert logged["oracle_coverage"] == 1.0
     assert {"oracle_stage_macro_f1", "oracle_churn_roc_auc", "gap_churn_roc_auc_to_oracle"} <= set(

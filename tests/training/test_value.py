@@ -369,6 +369,22 @@ def test_a_log_without_purchases_trains_without_a_value_model(
 
 
 @pytest.mark.parametrize(
+    "folds",
+    [
+        "three",  # not a number
+        "0.5",  # not a whole number
+        "11",  # beyond 10
+    ],
+)
+def test_the_cli_refuses_bad_cv_folds_in_one_line(sim: Path, folds: str) -> None:
+    args = ["train", "--events", str(sim / "events.parquet"), "--labels", str(sim / "labels.csv")]
+    result = CliRunner().invoke(app, [*args, "--cv-folds", folds])
+    assert result.exit_code == 2
+    assert "cv" in result.output and "whole number from 1 to 10" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
     ("tiers", "message"),
     [("1,x", "comma-separated percentages"), ("50,10", "strictly increasing")],
 )

@@ -18,7 +18,9 @@ scores into calibrated probabilities (:meth:`scoring.bundle.ModelBundle.stage_pr
 and ``churn_proba_from_margin``), the one place that does. Reasons are path
 attributions by default (one walk per tree) or, with ``reasons_method="treeshap"``,
 LightGBM's exact TreeSHAP, run only for the predicted stage on a booster holding that
-stage's trees alone (:func:`serving.reasons.split_multiclass`). Everything runs on one
+stage's trees alone (:func:`serving.reasons.split_multiclass`). When the model has a
+customer value model, :meth:`scoring.bundle.ModelBundle.value_outputs` runs once on the
+whole matrix too (vectorised, like the batch path). Everything runs on one
 thread: a request is small, and threads of concurrent requests would only compete.
 """
 
@@ -26,12 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from math import isfinite
 from typing import Literal
 
 import lightgbm as lgb
 import numba
 import numpy as np
+import pandas as pd
 from customer_lifecycle.features.contract import CANONICAL_EVENT_TYPES
 from customer_lifecycle.features.engine import feature_matrix
 from customer_lifecycle.scoring.bundle import ModelBundle, tree_probe
@@ -41,6 +45,7 @@ from customer_lifecycle.serving.reasons import split_multiclass, top_contributio
 from customer_lifecycle.serving.schemas import (
     CustomerEvents,
     CustomerFeatures,
+    CustomerValue,
     NextBestAction,
     Reason,
     Reasons,
@@ -144,10 +149,13 @@ class ServedModel:
     def score_events(self, customers: Sequence[CustomerEvents], as_of: datetime) -> list[Score]:
         """Build features at ``as_of`` from each customer's events, then score them."""
         X = self.features_from_events(customers, as_of)
-        return self.score_matrix([c.customer_id for c in customers], X)
+        return self.score_matrix([c.customer_id for c in customers], X, as_of)
 
     def score_features(self, customers: Sequence[CustomerFeatures]) -> list[Score]:
-        """Score precomputed feature vectors; raises :class:`MissingFeatures`."""
+        """Score precomputed feature vectors; raises :class:`MissingFeatures`.
+
+        The features carry no time, so the value's next purchase date is null.
+        """
         names = self.feature_names
         X = np.empty((len(customers), len(names)), dtype=np.float64)
         missing: list[tuple[int, str]] = []
@@ -210,8 +218,26 @@ class ServedModel:
         )
         return np.concatenate([X, states], axis=1)
 
-    def score_matrix(self, ids: Sequence[str], X: np.ndarray) -> list[Score]:
-        """Scores, reasons and actions for a feature matrix in :attr:`feature_names` order."""
+    def score_matrix(
+        self, ids: Sequence[str], X: np.ndarray, as_of: datetime | None = None
+    ) -> list[Score]:
+        """Scores, reasons, actions and value for a feature matrix.
+
+        Parameters
+        ----------
+        ids
+            Customer ids, one per row of ``X``.
+        X
+            Feature matrix in :attr:`feature_names` order.
+        as_of
+            The time the features were built at: the value's next purchase date counts
+            from it; ``None`` (features sent as such) leaves the date null.
+
+        Returns
+        -------
+        list of Score
+            One per row, in order; ``value`` is None when the model has no value model.
+        """
         n, f = X.shape
         bundle = self.bundle
         proba = bundle.stage_proba_from_raw(self._stage_trees.raw_scores(X))
@@ -249,6 +275,7 @@ class ServedModel:
                 for p, row in zip(forecast.tolist(), forecast.sum(axis=1).tolist(), strict=True)
             ]
         )
+        values = self._values(X, as_of)
         proba_list = proba.tolist()
         churn_list = churn.tolist()
         scores: list[Score] = []
@@ -270,9 +297,62 @@ class ServedModel:
                     next_best_action=self.actions[stage, band],
                     model_name=self.name,
                     model_version=self.version,
+                    value=values[i],
                 )
             )
         return scores
+
+    def _values(self, X: np.ndarray, as_of: datetime | None) -> list[CustomerValue | None]:
+        """The value of every row, from one vectorised call of the bundle's value model.
+
+        A row whose purchase-history features no history can have (sent so to
+        ``/v1/scores/features``, or built from times centuries apart) gets no prediction
+        (nulls, tier ``unknown``) rather than failing the request.
+        """
+        bundle = self.bundle
+        if bundle.value is None:
+            return [None] * len(X)
+        horizon = bundle.value.horizon_days
+        when = None if as_of is None else pd.Timestamp(as_of)
+        try:
+            out = bundle.value_outputs(X, when)
+            accepted = None
+        except ValueError:
+            # Rare: find the refused rows one at a time (the model's rule stays its
+            # own), then score the others in one call again.
+            accepted = np.array([_accepts(bundle, X[i : i + 1], when) for i in range(len(X))])
+            out = bundle.value_outputs(X[accepted], when)
+        if out is None:
+            return [None] * len(X)
+        values: list[CustomerValue | None] = [
+            CustomerValue.model_construct(
+                # NaN (no amounts in the training log, no prediction) -> null; so is
+                # the overflow of absurd feature vectors sent to /v1/scores/features
+                expected_purchases=purchases if isfinite(purchases) else None,
+                expected_spend=spend if isfinite(spend) else None,
+                next_purchase_date=None if day is None else date.fromisoformat(day),
+                value_tier=tier,
+                horizon_days=horizon,
+            )
+            for purchases, spend, day, tier in zip(
+                out["expected_purchases"].tolist(),
+                out["expected_spend"].tolist(),
+                out["next_purchase_date"].tolist(),
+                out["value_tier"].tolist(),
+                strict=True,
+            )
+        ]
+        if accepted is None:
+            return values
+        scored = iter(values)
+        unknown = CustomerValue.model_construct(
+            expected_purchases=None,
+            expected_spend=None,
+            next_purchase_date=None,
+            value_tier="unknown",
+            horizon_days=horizon,
+        )
+        return [next(scored) if ok else unknown for ok in accepted.tolist()]
 
     def _reasons(self, x: np.ndarray, contrib: np.ndarray, top: np.ndarray) -> list[Reason]:
         out = []
@@ -287,6 +367,15 @@ class ServedModel:
                 )
             )
         return out
+
+
+def _accepts(bundle: ModelBundle, row: np.ndarray, as_of: pd.Timestamp | None) -> bool:
+    """Whether the value model accepts a one-row feature matrix."""
+    try:
+        bundle.value_outputs(row, as_of)
+    except ValueError:
+        return False
+    return True
 
 
 def _head(bundle: ModelBundle, head: str) -> TreeEnsemble:

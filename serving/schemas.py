@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from customer_lifecycle.features.contract import (
@@ -27,6 +27,7 @@ from customer_lifecycle.features.contract import (
 )
 from customer_lifecycle.features.messages import did_you_mean
 from customer_lifecycle.features.validation import MAX_AMOUNT
+from customer_lifecycle.scoring.store.schema import VALUE_TIER_PATTERN
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -269,6 +270,46 @@ class NextBestAction(BaseModel):
     description: str
 
 
+class CustomerValue(BaseModel):
+    """A customer's value over the model's value horizon after as_of.
+
+    The same object in scores (``POST /v1/scores``, as of the request's ``as_of``) and in
+    score store lookups (as of the run's ``as_of``).
+    """
+
+    expected_purchases: float | None = Field(
+        ge=0,
+        description="Expected number of purchases within the horizon; null without a prediction.",
+    )
+    expected_spend: float | None = Field(
+        ge=0,
+        description="Expected spend within the horizon, in the currency of the event log's "
+        "amounts; null without a prediction or when the log has no purchase amounts.",
+    )
+    next_purchase_date: date | None = Field(
+        description="Expected date of the next purchase (YYYY-MM-DD, UTC); null without a "
+        "prediction (a customer who never bought, or no purchase expected within three "
+        "horizons), and always null from POST /v1/scores/features, which has no as_of to "
+        "count the days from."
+    )
+    value_tier: str = Field(
+        pattern=VALUE_TIER_PATTERN,
+        description="Tier by predicted spend, fixed on the training population: top_1, "
+        "top_5, top_10, top_25, top_50 (the top percent it falls in; the shares are the "
+        "model's), rest, or unknown (no prediction, as for feature values no purchase "
+        "history can have). Without purchase amounts in the "
+        "training log the tiers rank expected purchases (value.tier_by of GET /v1/model).",
+        examples=["top_5"],
+    )
+    horizon_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days after as_of that expected_purchases and expected_spend cover "
+        "(the model's value horizon); always set in scores, null in a lookup when the "
+        "store was not told it.",
+    )
+
+
 class Score(BaseModel):
     """The prediction for one customer."""
 
@@ -287,6 +328,11 @@ class Score(BaseModel):
     next_best_action: NextBestAction
     model_name: str
     model_version: str
+    value: CustomerValue | None = Field(
+        default=None,
+        description="The customer's value over the model's value horizon (GET /v1/model, "
+        "value.horizon_days) after as_of; null when the model has no value model.",
+    )
 
 
 class ScoreResponse(BaseModel):
@@ -303,6 +349,42 @@ class RiskThresholds(BaseModel):
 
     medium_from: float
     high_from: float
+
+
+class ValueInfo(BaseModel):
+    """The model's customer value model: what the ``value`` of a score means."""
+
+    horizon_days: int = Field(
+        ge=1,
+        description="Days after as_of that expected_purchases and expected_spend cover "
+        "(the value horizon; independent of the churn horizon_days).",
+    )
+    tiers: list[str] = Field(
+        description="The value_tier labels from the top down (top_1, top_5, ..., rest); a "
+        "score may also say unknown (no prediction).",
+        examples=[["top_1", "top_5", "top_10", "top_25", "top_50", "rest"]],
+    )
+    tier_shares: list[float] = Field(
+        description="Share of the training population each top tier was cut at (0.01 is "
+        "top_1), one per label before rest."
+    )
+    tier_thresholds: list[float] = Field(
+        description="The lowest value (tier_by) that reaches each top tier, one per label "
+        "before rest, fixed on the training population."
+    )
+    tier_by: Literal["expected_spend", "expected_purchases"] = Field(
+        description="What the tiers rank: expected_spend, or expected_purchases when the "
+        "training log had no purchase amounts."
+    )
+    predicts_spend: bool = Field(
+        description="Whether expected_spend is predicted (false: the training log had no "
+        "purchase amounts and expected_spend is always null)."
+    )
+    heads: list[Literal["purchases", "spend"]] = Field(
+        description="Learned heads used instead of the BG/NBD (purchases) and Gamma-Gamma "
+        "(spend) baselines; kept at training only when they beat the baselines on held-out "
+        "customers. Empty: baselines only. The next purchase date always comes from BG/NBD."
+    )
 
 
 class ModelInfo(BaseModel):
@@ -327,6 +409,11 @@ class ModelInfo(BaseModel):
     reasons_method: Literal["path", "treeshap"] = Field(
         description="How the reasons' contributions are attributed: path attributions "
         "or exact TreeSHAP (setting LIFECYCLE_REASONS_METHOD)."
+    )
+    value: ValueInfo | None = Field(
+        default=None,
+        description="The customer value model behind the scores' value; null when the "
+        "model has none (scores then carry value null).",
     )
     loaded_at: datetime
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from customer_lifecycle.scoring.store import queries
 from customer_lifecycle.scoring.store.schema import VALUE_TIER_PATTERN, open_store, utc_text
 from customer_lifecycle.scoring.store.writer import RunInfo
 from customer_lifecycle.serving.routes.deps import UNAUTHORIZED, Authorized
-from customer_lifecycle.serving.schemas import error_doc
+from customer_lifecycle.serving.schemas import CustomerValue, error_doc
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,36 +98,6 @@ async def _read(store: StoreHandle, query: Callable[[Connection], T], *, inline:
 
 
 # -- response schemas ----------------------------------------------------------------------
-
-
-class CustomerValue(BaseModel):
-    """A customer's value over the value horizon after the run's as_of."""
-
-    expected_purchases: float | None = Field(
-        ge=0,
-        description="Expected number of purchases within the horizon; null without a prediction.",
-    )
-    expected_spend: float | None = Field(
-        ge=0,
-        description="Expected spend within the horizon, in the currency of the event log's "
-        "amounts; null without a prediction or when the log has no purchase amounts.",
-    )
-    next_purchase_date: date | None = Field(
-        description="Expected date of the next purchase (YYYY-MM-DD); null without a prediction."
-    )
-    value_tier: str = Field(
-        pattern=VALUE_TIER_PATTERN,
-        description="Tier by predicted spend, fixed on the training population: top_1, "
-        "top_5, top_10, top_25, top_50 (the top percent it falls in; the shares are the "
-        "model's), rest, or unknown (no prediction).",
-        examples=["top_5"],
-    )
-    horizon_days: int | None = Field(
-        default=None,
-        ge=1,
-        description="Days after as_of that expected_purchases and expected_spend cover "
-        "(the model's value horizon); null when the store was not told it.",
-    )
 
 
 class CustomerScore(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from customer_lifecycle.features.btyd import ValueModel
 from customer_lifecycle.scoring.check import Reason
 from customer_lifecycle.serving.registry import ModelHolder
 from customer_lifecycle.serving.routes.deps import (
@@ -13,7 +14,13 @@ from customer_lifecycle.serving.routes.deps import (
     CurrentModel,
     State,
 )
-from customer_lifecycle.serving.schemas import ModelInfo, ReloadResult, RiskThresholds, error_doc
+from customer_lifecycle.serving.schemas import (
+    ModelInfo,
+    ReloadResult,
+    RiskThresholds,
+    ValueInfo,
+    error_doc,
+)
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
@@ -62,6 +69,24 @@ def _last_refused(holder: ModelHolder) -> RefusedModel | None:
     )
 
 
+def _value_info(value: ValueModel | None) -> ValueInfo | None:
+    if value is None:
+        return None
+    tiers = value.tiers
+    # validated, not constructed: the model's names are checked against the documented ones
+    return ValueInfo.model_validate(
+        {
+            "horizon_days": value.horizon_days,
+            "tiers": list(tiers.labels),
+            "tier_shares": list(tiers.shares),
+            "tier_thresholds": list(tiers.thresholds),
+            "tier_by": value.tier_by,
+            "predicts_spend": value.has_spend,
+            "heads": list(value.heads),
+        }
+    )
+
+
 @router.get(
     MODEL,
     response_model=ServedModelInfo,
@@ -84,6 +109,7 @@ async def model_info(model: CurrentModel, state: State) -> ServedModelInfo:
             medium_from=bundle.risk_thresholds[0], high_from=bundle.risk_thresholds[1]
         ),
         reasons_method=model.reasons_method,
+        value=_value_info(bundle.value),
         loaded_at=model.loaded_at,
         last_refused=_last_refused(state.holder),
     )

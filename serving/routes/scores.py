@@ -88,7 +88,8 @@ async def score_events(call: EventsCall) -> Response:
 )
 async def score_features(call: FeaturesCall) -> Response:
     """The same scores from feature vectors (``GET /v1/model`` lists the names).
-    A missing feature is a 422 naming it."""
+    A missing feature is a 422 naming it. Features carry no time: the value's
+    ``next_purchase_date`` is null."""
     state, model, body = call.state, call.model, call.body
     _check_counts(state, len(body.customers))
     try:

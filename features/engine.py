@@ -648,6 +648,30 @@ class _Primitives:
         )
 
 
+_NEVER_IN_A_WINDOW = np.iinfo(np.int64).max
+
+
+@numba.njit(cache=True)
+def _elapsed_days(later, earlier):  # type: ignore[no-untyped-def]
+    """Days from ``earlier`` to ``later`` (nanoseconds, ``later >= earlier``).
+
+    Exact in int64 up to 292 years apart; beyond that int64 would overflow, and the days
+    come from floats instead (off by ~0.1 µs).
+    """
+    if earlier < _oldest_exact(later):
+        return (float(later) - float(earlier)) / 86_400_000_000_000
+    return (later - earlier) / 86_400_000_000_000
+
+
+@numba.njit(cache=True)
+def _oldest_exact(later):  # type: ignore[no-untyped-def]
+    """The earliest time whose distance to ``later`` fits int64 (compared before any
+    subtraction: an overflow check after it could be optimised away)."""
+    if later >= 0:
+        return later - _NEVER_IN_A_WINDOW
+    return np.iinfo(np.int64).min
+
+
 @numba.njit(parallel=True, cache=True)
 def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
     lo,
@@ -697,6 +721,7 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
         e0, e1 = cust_ptr[c], cust_ptr[c + 1]
         for s in range(snap_ptr[c], snap_ptr[c + 1]):
             as_of = snap_asof[s]
+            oldest = _oldest_exact(as_of)
             r = s - base  # the chunk's primitives are reused: start from empty
             cnt[r] = 0
             last_t[r] = none
@@ -726,7 +751,9 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
                 if ti >= as_of:
                     stop = i
                     break  # time-sorted: nothing at or after as_of is ever read
-                age = as_of - ti
+                # more than 292 years before as_of: older than any window (and as_of - ti
+                # would overflow)
+                age = as_of - ti if ti >= oldest else _NEVER_IN_A_WINDOW
                 e = et[i]
                 day = ti // 86_400_000_000_000
                 # counts and last time: the implicit "all" group, then the event's groups
@@ -786,8 +813,9 @@ def _accumulate(  # type: ignore[no-untyped-def]  # noqa: PLR0913
             # activity when last seen: walk back from the last event before as_of
             if stop > e0 and n_l > 0:
                 t_last = t[stop - 1]
+                oldest_back = _oldest_exact(t_last)
                 for i in range(stop - 1, e0 - 1, -1):
-                    back = t_last - t[i]
+                    back = t_last - t[i] if t[i] >= oldest_back else _NEVER_IN_A_WINDOW
                     if back > lwin[n_l - 1]:
                         break
                     kl = 0
@@ -860,7 +888,6 @@ def _derive(  # type: ignore[no-untyped-def]  # noqa: PLR0913
     """
     none = np.iinfo(np.int64).min
     nan = np.nan
-    day = 86_400_000_000_000
     g_all = last_t.shape[1] - 1
     for r in numba.prange(rows):
         now = as_of[base + r]
@@ -872,7 +899,7 @@ def _derive(  # type: ignore[no-untyped-def]  # noqa: PLR0913
             if o == _OP_COUNT:
                 v = float(cnt[r, u, w])
             elif o == _OP_SINCE:
-                v = nan if last_t[r, u] == none else (now - last_t[r, u]) / day
+                v = nan if last_t[r, u] == none else _elapsed_days(now, last_t[r, u])
             elif o == _OP_AMOUNT:
                 v = msum[r, u, w]
             elif o == _OP_AMOUNT_MEAN:
@@ -886,7 +913,7 @@ def _derive(  # type: ignore[no-untyped-def]  # noqa: PLR0913
             elif o == _OP_FUNNEL:
                 v = float(funnel[r, u])
             elif o == _OP_GAP:
-                v = nan if last_t[r, u] == none else (last_t[r, g_all] - last_t[r, u]) / day
+                v = nan if last_t[r, u] == none else _elapsed_days(last_t[r, g_all], last_t[r, u])
             elif o == _OP_LAST_COUNT:
                 v = float(lcnt[r, u, w])
             elif o == _OP_LAST_FUNNEL:
@@ -894,7 +921,7 @@ def _derive(  # type: ignore[no-untyped-def]  # noqa: PLR0913
             elif o == _OP_LAST_TYPE:
                 v = float(ltyp[r, u, w])
             elif o == _OP_TENURE:
-                v = nan if first_t[r] == none else (now - first_t[r]) / day
+                v = nan if first_t[r] == none else _elapsed_days(now, first_t[r])
             elif o == _OP_PURCHASE_DAYS:
                 v = float(pdays[r])
             elif o == _OP_GAP_MEAN:
@@ -907,13 +934,13 @@ def _derive(  # type: ignore[no-untyped-def]  # noqa: PLR0913
             elif o == _OP_OVERDUE:
                 v = nan
                 if n_gaps > 0 and mean > 0 and last_t[r, u] != none:
-                    v = ((now - last_t[r, u]) / day) / mean
+                    v = _elapsed_days(now, last_t[r, u]) / mean
             elif o == _OP_REPEAT:
                 v = float(max(pdays[r] - 1, 0))
             elif o == _OP_BTYD_RECENCY:
-                v = nan if first_pt[r] == none else (last_pt[r] - first_pt[r]) / day
+                v = nan if first_pt[r] == none else _elapsed_days(last_pt[r], first_pt[r])
             elif o == _OP_BTYD_AGE:
-                v = nan if first_pt[r] == none else (now - first_pt[r]) / day
+                v = nan if first_pt[r] == none else _elapsed_days(now, first_pt[r])
             else:  # _OP_BTYD_SPEND
                 v = rsum[r] / rdays[r] if rdays[r] > 0 else nan
             out[row, j] = v

@@ -175,6 +175,41 @@ def test_event_exactly_at_as_of_is_excluded(tiny: pd.DataFrame) -> None:
     assert later.loc["a", "recency_purchase_days"] == pytest.approx(1e-9 / 86_400)
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("1678-01-02", "1700-03-01"),  # 347 and 325 years before as_of: beyond int64 ns
+        ("1750-01-01", "1760-03-01"),  # 275 and 265 years: spans int64 still holds
+    ],
+)
+def test_centuries_old_events_give_their_days_and_stay_out_of_every_window(
+    first: str, second: str
+) -> None:
+    times = pd.to_datetime([first, second, "2024-11-30"], utc=True)
+    ev = pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "a"],
+            "timestamp": times,
+            "event_type": ["purchase", "purchase", "page_view"],
+            "amount": [10.0, 20.0, np.nan],
+        }
+    )
+    as_of = pd.Timestamp("2024-12-31", tz="UTC")
+    f = build_features(ev, as_of=as_of).loc["a"]
+    oldest = times[0]
+
+    def days(later: pd.Timestamp, earlier: pd.Timestamp) -> float:
+        # whole seconds apart here, so float seconds are exact enough
+        return (later.timestamp() - earlier.timestamp()) / 86_400
+
+    assert f["tenure_days"] == pytest.approx(days(as_of, oldest), rel=1e-12)
+    assert f["btyd_age_days"] == pytest.approx(days(as_of, oldest), rel=1e-12)
+    assert f["btyd_recency_days"] == pytest.approx(days(times[1], times[0]), rel=1e-12)
+    assert f["recency_all_days"] == pytest.approx(days(as_of, times[2]))
+    # only the November event is recent; the old ones count in "all" only
+    assert [f[f"count_all_{w}"] for w in ("7d", "30d", "90d", "365d", "all")] == [0, 0, 1, 1, 3]
+
+
 def test_input_is_not_modified(tiny: pd.DataFrame) -> None:
     copy = tiny.copy(deep=True)
     build_features(tiny, as_of=AS_OF)

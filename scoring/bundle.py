@@ -361,10 +361,13 @@ class ModelBundle:
         dates = np.full(len(X), None, dtype=object)
         days = out["days_to_next_purchase"]
         if as_of is not None:
-            dated = ~np.isnan(days)
+            start = _utc_nanoseconds(as_of)
+            # a date past the last representable time (year 2262) is no date at all
+            room = float(np.iinfo(np.int64).max) - float(start) - 1e9
+            ahead = np.round(np.where(np.isnan(days), np.inf, days) * 86_400e9)
+            dated = ahead <= room
             if dated.any():
-                start = _utc_nanoseconds(as_of)
-                when = start + np.round(days[dated] * 86_400e9).astype(np.int64)
+                when = start + ahead[dated].astype(np.int64)
                 dates[dated] = np.datetime_as_string(when.astype("datetime64[ns]"), unit="D")
         return {
             "expected_purchases": out["expected_purchases"],

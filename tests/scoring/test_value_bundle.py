@@ -221,6 +221,20 @@ def test_scores_end_with_the_value_columns_and_dates_need_as_of(
     assert set(VALUE_COLUMNS) <= set(matrix)
 
 
+def test_dates_past_the_last_representable_day_are_empty_not_wrapped(
+    bundle: ModelBundle, features: pd.DataFrame
+) -> None:
+    X = _matrix(bundle, features)
+    near = bundle.value_outputs(X, pd.Timestamp("2024-12-31", tz="UTC"))
+    late = bundle.value_outputs(X, pd.Timestamp("2262-03-01", tz="UTC"))
+    assert near is not None and late is not None
+    dated = [d for d in late["next_purchase_date"] if d is not None]
+    # the same customers are dated in 2024 (so there are dates to lose), and no late
+    # date wrapped round to the 1600s
+    assert sum(d is not None for d in near["next_purchase_date"]) > len(dated)
+    assert all("2262-03-01" <= d <= "2262-04-11" for d in dated)
+
+
 def test_tiers_are_the_same_in_chunks_and_at_once(
     bundle: ModelBundle, sim: Path, events: pd.DataFrame, tmp_path: Path
 ) -> None:

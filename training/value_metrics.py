@@ -236,7 +236,7 @@ def value_metrics(
         ``spend_excluded_revenue_share`` (actual spend of the customers left out, over
         everyone's); ``spend_top_decile_share`` (share of the evaluated customers'
         actual spend made by the 10 % with the highest predicted spend) and
-        ``spend_top_decile_share_oracle`` (the same, ranked by actual spend: the best
+        ``spend_top_decile_share_best`` (the same, ranked by actual spend: the best
         possible); ``purchases_calibration_ratio`` (mean predicted over mean actual
         purchases), ``purchases_calibration_max_abs_log_ratio`` (the largest
         ``|log(mean predicted / mean actual)|`` over deciles of predicted purchases
@@ -286,7 +286,7 @@ def value_metrics(
     total = sa.sum()
     out["spend_excluded_revenue_share"] = float(sa[~ok_s].sum() / total) if total > 0 else math.nan
     out["spend_top_decile_share"] = _top_share(sa[ok_s], sp[ok_s], TOP_SHARE)
-    out["spend_top_decile_share_oracle"] = _top_share(sa[ok_s], sa[ok_s], TOP_SHARE)
+    out["spend_top_decile_share_best"] = _top_share(sa[ok_s], sa[ok_s], TOP_SHARE)
 
     a, p = ya[ok_p], yp[ok_p]
     out["purchases_calibration_ratio"] = (
@@ -341,7 +341,7 @@ def value_plots(
         ``"value_predicted_vs_actual"``: mean actual against mean predicted per
         quantile bin of the prediction, for purchases and for spend, with the
         diagonal; ``"value_gains"``: cumulative share of actual spend against the
-        share of customers ranked by predicted spend, with the oracle (ranked by
+        share of customers ranked by predicted spend, with the best possible ranking (by
         actual spend) and random ranking.
     """
     ya = _vector("actual_purchases", actual_purchases)
@@ -377,7 +377,7 @@ def value_plots(
     a = sa[ok]
     share = np.arange(a.size + 1) / max(a.size, 1)
     total = a.sum()
-    for label, score in (("model", sp[ok]), ("oracle", a)):
+    for label, score in (("model", sp[ok]), ("best possible", a)):
         if total > 0:
             # stable order: ties keep input order (the plot only; metrics split ties)
             ranked = a[np.argsort(-score, kind="stable")]

@@ -114,7 +114,7 @@ def test_small_case_against_hand_computed_values() -> None:
     assert m["spend_spearman"] == pytest.approx(0.8)
     # the top decile of 4 customers is ceil(0.4) = 1 customer: the one who spent 100
     assert m["spend_top_decile_share"] == pytest.approx(100 / 140)
-    assert m["spend_top_decile_share_oracle"] == pytest.approx(100 / 140)
+    assert m["spend_top_decile_share_best"] == pytest.approx(100 / 140)
     assert m["purchases_calibration_ratio"] == pytest.approx((8 / 4) / (8 / 4))
     # each decile holds under 30 customers: no decile enters the summary
     assert m["purchases_calibration_deciles"] == 0
@@ -128,7 +128,7 @@ def test_top_decile_ties_at_the_cut_are_split_in_proportion() -> None:
     predicted = np.array([1, 1, 1, 1, 1, 1, 1, 1, 9.0, 9.0])
     m = value_metrics(actual, actual, predicted, predicted)
     assert m["spend_top_decile_share"] == pytest.approx((30 + 10) / 2 / 40)
-    assert m["spend_top_decile_share_oracle"] == pytest.approx(30 / 40)
+    assert m["spend_top_decile_share_best"] == pytest.approx(30 / 40)
 
 
 def test_calibration_by_decile() -> None:
@@ -158,7 +158,7 @@ def test_perfect_predictions() -> None:
         assert m[key] == 0.0
     assert m["purchases_spearman"] == pytest.approx(1.0)
     assert m["spend_spearman"] == pytest.approx(1.0)
-    assert m["spend_top_decile_share"] == m["spend_top_decile_share_oracle"]
+    assert m["spend_top_decile_share"] == m["spend_top_decile_share_best"]
     assert m["purchases_calibration_ratio"] == pytest.approx(1.0)
     assert m["purchases_calibration_max_abs_log_ratio"] == pytest.approx(0.0, abs=1e-12)
     assert m["next_days_mae"] == m["next_days_median_ae"] == 0.0

@@ -171,7 +171,8 @@ def test_second_version_is_promoted_only_if_better(store: Path, sim: Path, train
     weak = train(
         sim / "events.parquet",
         labels_path=sim / "labels.csv",
-        config=TrainConfig(seed=1, max_rounds=1),
+        # neither the latent model nor cross-fitting is under test here: the cheapest run
+        config=TrainConfig(seed=1, max_rounds=1, cv_folds=2, latent_states=False),
         register="lifecycle-test",
         promote_if_better=True,
         say=lambda _: None,
@@ -187,7 +188,7 @@ def test_training_alone_logs_no_oracle(store: Path, sim: Path) -> None:
     m = train(
         sim / "events.parquet",
         labels_path=sim / "labels.csv",
-        config=TrainConfig(seed=1, max_rounds=1),
+        config=TrainConfig(seed=1, max_rounds=1, cv_folds=2, latent_states=False),
         say=lambda _: None,
     ).metrics
     assert "valid_stage_macro_f1" in m

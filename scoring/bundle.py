@@ -305,12 +305,17 @@ class ModelBundle:
         m = self._state_to_stage
         if m is None:
             return None
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != len(self._features):
-            raise ValueError(f"X must have shape (n, {len(self._features)})")
+        X = self._checked_matrix(X)
         # the latent_state_<k> columns come first among the latent ones
         states = X[:, self._n_definition : self._n_definition + m.shape[0]]
         return states @ m
+
+    def _checked_matrix(self, X: np.ndarray) -> np.ndarray:
+        """``X`` as float64, refused in one line unless it is ``(n, len(feature_names))``."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self._features):
+            raise ValueError(f"X must have shape (n, {len(self._features)})")
+        return X
 
     def value_outputs(
         self, X: np.ndarray, as_of: pd.Timestamp | None = None
@@ -338,9 +343,7 @@ class ModelBundle:
         value = self.value
         if value is None:
             return None
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != len(self._features):
-            raise ValueError(f"X must have shape (n, {len(self._features)})")
+        X = self._checked_matrix(X)
         x, t_x, age, m = (X[:, i] for i in self._btyd_index)
         own = X[:, : self._n_definition]
         learned = {}

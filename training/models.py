@@ -17,8 +17,6 @@ Both heads are LightGBM boosters fitted in two passes (docs/models.md#training-d
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,38 +161,6 @@ def cross_fit(
         best.append(max(1, int(booster.best_iteration)))
         rows.append(int((~held).sum()))
     return CrossFit(boosters, oof, folds >= 0, best, rows)
-
-
-def side_by_side(*jobs: Callable[[], Any]) -> list[Any]:
-    """Run independent jobs on threads at once; their results in order.
-
-    Meant for work that releases the GIL (LightGBM training). The threads are daemons and
-    the caller waits in short joins, so Ctrl-C or a stop signal in the main thread is
-    not held up by a job still running: the run stops, the job is abandoned with the
-    process. The first job's exception, if any, is raised once every job has ended.
-    """
-    results: list[Any] = [None] * len(jobs)
-    errors: list[BaseException | None] = [None] * len(jobs)
-
-    def run(i: int, job: Callable[[], Any]) -> None:
-        try:
-            results[i] = job()
-        except BaseException as exc:  # handed to the caller's thread below
-            errors[i] = exc
-
-    threads = [
-        threading.Thread(target=run, args=(i, job), daemon=True, name=f"job-{i}")
-        for i, job in enumerate(jobs)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)
-    for error in errors:
-        if error is not None:
-            raise error
-    return results
 
 
 def fit_rounds(params: dict[str, Any], X: np.ndarray, y: np.ndarray, rounds: int) -> lgb.Booster:

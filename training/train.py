@@ -15,7 +15,6 @@ validation metrics are those of the fold models, which never saw a validation cu
 
 from __future__ import annotations
 
-import functools
 import re
 import tempfile
 import time
@@ -244,57 +243,27 @@ def train(
     )
 
     X_fit, X_all = fit_ex.X.to_numpy(), examples.X.to_numpy()
-
-    # The stage head (softmax: one tree per stage and round) is the long job. LightGBM
-    # releases the GIL while it trains, so on two cores it trains on one thread while
-    # the churn head, the value model and the baselines take the other
-    # (models._one_thread: each booster on one thread).
-    def fit_value() -> value_model.ValueFit | None:
-        if not config.value:
-            return None
-        started = time.perf_counter()
-        fit = value_model.fit_value(
-            events,
-            max(examples.keys["as_of"]),
-            definition=definition,
-            horizon_days=config.value_horizon_days,
-            shares=config.value_tiers,
-            seed=config.seed,
-            max_rounds=config.max_rounds,
-            lgb_params=config.lgb_params,
-            say=say,
-        )
-        say(f"value: fitted and evaluated in {time.perf_counter() - started:.1f} s")
-        return fit
-
-    def churn_value_baselines() -> tuple[models.ChurnHead, value_model.ValueFit | None, Scores]:
-        churn = models.fit_churn_head(
-            X_fit,
-            fit_ex.churn,
-            folds,
-            X_all,
-            examples.churn,
-            seed=config.seed,
-            feature_names=list(examples.X.columns),
-            max_rounds=config.max_rounds,
-            params=config.lgb_params,
-        )
-        return churn, fit_value(), baselines(fit_ex, valid_ex, taxonomy, rulebook, config)
-
-    stage_head, (churn_head, value_fit, baseline_scores) = models.side_by_side(
-        functools.partial(
-            models.fit_stage_head,
-            X_fit,
-            fit_ex.stage,
-            folds,
-            X_all,
-            examples.stage,
-            n_classes=len(taxonomy.stages),
-            seed=config.seed,
-            max_rounds=config.max_rounds,
-            params=config.lgb_params,
-        ),
-        churn_value_baselines,
+    stage_head = models.fit_stage_head(
+        X_fit,
+        fit_ex.stage,
+        folds,
+        X_all,
+        examples.stage,
+        n_classes=len(taxonomy.stages),
+        seed=config.seed,
+        max_rounds=config.max_rounds,
+        params=config.lgb_params,
+    )
+    churn_head = models.fit_churn_head(
+        X_fit,
+        fit_ex.churn,
+        folds,
+        X_all,
+        examples.churn,
+        seed=config.seed,
+        feature_names=list(examples.X.columns),
+        max_rounds=config.max_rounds,
+        params=config.lgb_params,
     )
     training = {
         "folds": n_folds,
@@ -308,6 +277,22 @@ def train(
         "latest_as_of": max(examples.keys["as_of"]).isoformat(),
         "validation_model": VALIDATION_MODEL,
     }
+    latest_as_of = max(examples.keys["as_of"])
+    value_fit: value_model.ValueFit | None = None
+    if config.value:
+        started = time.perf_counter()
+        value_fit = value_model.fit_value(
+            events,
+            latest_as_of,
+            definition=definition,
+            horizon_days=config.value_horizon_days,
+            shares=config.value_tiers,
+            seed=config.seed,
+            max_rounds=config.max_rounds,
+            lgb_params=config.lgb_params,
+            say=say,
+        )
+        say(f"value: fitted and evaluated in {time.perf_counter() - started:.1f} s")
     bundle = ModelBundle(
         definition=definition,
         stages=taxonomy.stages,
@@ -346,6 +331,7 @@ def train(
     )
 
     scores = evaluate_bundle(held_out_model, valid_ex, taxonomy)
+    baseline_scores = baselines(fit_ex, valid_ex, taxonomy, rulebook, config)
     all_metrics = {**_prefixed("valid", scores.metrics), **baseline_scores.metrics}
     if value_fit is not None:
         all_metrics.update(value_fit.metrics)

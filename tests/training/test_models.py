@@ -200,31 +200,3 @@ def test_out_of_fold_calibration_improves_held_out_log_loss() -> None:
     margin = np.asarray(churn.booster.predict(X_new, raw_score=True))
     a, b = churn.platt
     assert log_loss(churn_new, sigmoid(a * margin + b)) < log_loss(churn_new, sigmoid(margin))
-
-
-def test_side_by_side_runs_jobs_at_once_and_keeps_their_order() -> None:
-    import threading
-
-    # each job waits for the other to start: run one after the other, both would time out
-    started = [threading.Event(), threading.Event()]
-
-    def job(me: int) -> int:
-        started[me].set()
-        return int(started[1 - me].wait(timeout=10)) * (me + 10)
-
-    assert models.side_by_side(lambda: job(0), lambda: job(1)) == [10, 11]
-
-
-def test_side_by_side_raises_a_job_s_error_after_every_job_ended() -> None:
-    finished: list[str] = []
-
-    def fails() -> None:
-        raise ValueError("the stage head cannot be fitted")
-
-    def slow() -> str:
-        finished.append("slow")
-        return "done"
-
-    with pytest.raises(ValueError, match="stage head"):
-        models.side_by_side(fails, slow)
-    assert finished == ["slow"]

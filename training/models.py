@@ -24,6 +24,8 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from customer_lifecycle.scoring.bundle import sigmoid, softmax
+from customer_lifecycle.training import refit
+from customer_lifecycle.training.refit import FinalFits
 from scipy.optimize import minimize, minimize_scalar
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -165,8 +167,7 @@ def cross_fit(
 
 def fit_rounds(params: dict[str, Any], X: np.ndarray, y: np.ndarray, rounds: int) -> lgb.Booster:
     """A booster on every given row for exactly ``rounds`` rounds (no early stopping)."""
-    train = lgb.Dataset(X, label=y, free_raw_data=True)
-    return lgb.train(_one_thread(params), train, num_boost_round=rounds)
+    return refit.fit_rounds(_one_thread(params), X, y, rounds)
 
 
 def calibrate_stage(logits: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, np.ndarray]:
@@ -197,6 +198,89 @@ class ChurnHead:
     rounds: int
 
 
+def cross_fit_stage(
+    X_fit: np.ndarray,
+    y_fit: np.ndarray,
+    folds: np.ndarray,
+    y_all: np.ndarray,
+    final: FinalFits,
+    *,
+    n_classes: int,
+    seed: int,
+    max_rounds: int = 2000,
+    params: dict[str, Any] | None = None,
+) -> StageFolds:
+    """Submit the stage head's final fit to ``final``, then cross-fit and calibrate it.
+
+    Parameters
+    ----------
+    X_fit, y_fit, folds
+        The fit set (stage indices) and its customer folds (:func:`customer_folds`):
+        the temperature, the decision weights and the rounds come from these alone.
+    y_all, final
+        Every labelled row's stage, and the final fits on every labelled row's features
+        (:class:`~customer_lifecycle.training.refit.FinalFits`), told the rounds here.
+    """
+    p = _one_thread(stage_params(n_classes, seed, params))
+    final.submit("stage", p, y_all, max_rounds)
+    cross = cross_fit(p, X_fit, y_fit, folds, max_rounds)
+    rounds = cross.rounds_for(max_rounds)
+    final.stop_at("stage", rounds)
+    held = cross.held_out
+    temperature, weights = calibrate_stage(cross.oof[held], y_fit[held], n_classes)
+    return StageFolds(cross, rounds, temperature, weights)
+
+
+def cross_fit_churn(
+    X_fit: np.ndarray,
+    y_fit: np.ndarray,
+    folds: np.ndarray,
+    y_all: np.ndarray,
+    final: FinalFits,
+    *,
+    seed: int,
+    feature_names: list[str] | None = None,
+    max_rounds: int = 2000,
+    params: dict[str, Any] | None = None,
+) -> ChurnFolds:
+    """:func:`cross_fit_stage` for the binary churn head (``y`` is 1 for churned).
+
+    ``feature_names`` are those of :func:`churn_params`.
+    """
+    p = _one_thread(churn_params(seed, feature_names, params))
+    final.submit("churn", p, y_all, max_rounds)
+    cross = cross_fit(p, X_fit, y_fit, folds, max_rounds)
+    rounds = cross.rounds_for(max_rounds)
+    final.stop_at("churn", rounds)
+    held = cross.held_out
+    return ChurnFolds(cross, rounds, fit_platt(cross.oof[held], y_fit[held]))
+
+
+@dataclass
+class StageFolds:
+    """The stage head before its final booster: folds, rounds and calibration."""
+
+    cross: CrossFit
+    rounds: int
+    temperature: float
+    weights: np.ndarray
+
+    def head(self, booster: lgb.Booster) -> StageHead:
+        return StageHead(booster, self.temperature, self.weights, self.cross, self.rounds)
+
+
+@dataclass
+class ChurnFolds:
+    """The churn head before its final booster: folds, rounds and Platt scaling."""
+
+    cross: CrossFit
+    rounds: int
+    platt: tuple[float, float]
+
+    def head(self, booster: lgb.Booster) -> ChurnHead:
+        return ChurnHead(booster, self.platt, self.cross, self.rounds)
+
+
 def fit_stage_head(
     X_fit: np.ndarray,
     y_fit: np.ndarray,
@@ -209,22 +293,17 @@ def fit_stage_head(
     max_rounds: int = 2000,
     params: dict[str, Any] | None = None,
 ) -> StageHead:
-    """Cross-fit the multiclass head on the fit set, then fit it on every row.
+    """Cross-fit the multiclass head on the fit set, then fit it on every row, here.
 
-    Parameters
-    ----------
-    X_fit, y_fit, folds
-        The fit set (stage indices) and its customer folds (:func:`customer_folds`):
-        the temperature, the decision weights and the rounds come from these alone.
-    X_all, y_all
-        Every labelled row: the final booster's training data.
+    ``X_all, y_all`` are every labelled row: the final booster's training data; the
+    rest is :func:`cross_fit_stage`'s.
     """
-    p = stage_params(n_classes, seed, params)
-    cross = cross_fit(p, X_fit, y_fit, folds, max_rounds)
-    held = cross.held_out
-    temperature, weights = calibrate_stage(cross.oof[held], y_fit[held], n_classes)
-    rounds = cross.rounds_for(max_rounds)
-    return StageHead(fit_rounds(p, X_all, y_all, rounds), temperature, weights, cross, rounds)
+    with FinalFits(X_all, ("stage",), parallel=False) as final:
+        folded = cross_fit_stage(
+            X_fit, y_fit, folds, y_all, final,
+            n_classes=n_classes, seed=seed, max_rounds=max_rounds, params=params,
+        )  # fmt: skip
+        return folded.head(final.booster("stage"))
 
 
 def fit_churn_head(
@@ -239,17 +318,13 @@ def fit_churn_head(
     max_rounds: int = 2000,
     params: dict[str, Any] | None = None,
 ) -> ChurnHead:
-    """Cross-fit the binary churn head on the fit set, then fit it on every row.
-
-    ``y`` is 1 for churned; the arguments are those of :func:`fit_stage_head`, and
-    ``feature_names`` those of :func:`churn_params`.
-    """
-    p = churn_params(seed, feature_names, params)
-    cross = cross_fit(p, X_fit, y_fit, folds, max_rounds)
-    held = cross.held_out
-    platt = fit_platt(cross.oof[held], y_fit[held])
-    rounds = cross.rounds_for(max_rounds)
-    return ChurnHead(fit_rounds(p, X_all, y_all, rounds), platt, cross, rounds)
+    """:func:`fit_stage_head` for the binary churn head (``y`` is 1 for churned)."""
+    with FinalFits(X_all, ("churn",), parallel=False) as final:
+        folded = cross_fit_churn(
+            X_fit, y_fit, folds, y_all, final,
+            seed=seed, feature_names=feature_names, max_rounds=max_rounds, params=params,
+        )  # fmt: skip
+        return folded.head(final.booster("churn"))
 
 
 @dataclass

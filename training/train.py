@@ -47,6 +47,7 @@ from customer_lifecycle.training.labels import (
     rulebook_for,
 )
 from customer_lifecycle.training.model_env import model_environment
+from customer_lifecycle.training.refit import FinalFits, use_worker
 from mlflow.models import infer_signature
 
 Say = Callable[[str], None]
@@ -75,6 +76,7 @@ class TrainConfig:
     value: bool = True
     value_horizon_days: int = 365
     value_tiers: tuple[float, ...] = VALUE_TIER_SHARES
+    refit_worker: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.validation_fraction < 1.0:
@@ -85,6 +87,7 @@ class TrainConfig:
                 f"the value horizon must be a whole number of days from 1 to 3650, not {h!r}"
             )
         tier_thresholds([1.0], self.value_tiers)  # refuses bad shares in one line
+        use_worker(self.refit_worker, 0)  # refuses an unknown mode in one line
         folds = self.cv_folds
         if not (
             folds == "auto"
@@ -243,28 +246,36 @@ def train(
     )
 
     X_fit, X_all = fit_ex.X.to_numpy(), examples.X.to_numpy()
-    stage_head = models.fit_stage_head(
-        X_fit,
-        fit_ex.stage,
-        folds,
-        X_all,
-        examples.stage,
-        n_classes=len(taxonomy.stages),
-        seed=config.seed,
-        max_rounds=config.max_rounds,
-        params=config.lgb_params,
-    )
-    churn_head = models.fit_churn_head(
-        X_fit,
-        fit_ex.churn,
-        folds,
-        X_all,
-        examples.churn,
-        seed=config.seed,
-        feature_names=list(examples.X.columns),
-        max_rounds=config.max_rounds,
-        params=config.lgb_params,
-    )
+    in_worker = use_worker(config.refit_worker, len(examples.stage))
+    with FinalFits(X_all, ("stage", "churn"), parallel=in_worker) as final:
+        if final.parallel:
+            say("final fits on every row: started in a worker process beside the folds")
+        stage_folds = models.cross_fit_stage(
+            X_fit,
+            fit_ex.stage,
+            folds,
+            examples.stage,
+            final,
+            n_classes=len(taxonomy.stages),
+            seed=config.seed,
+            max_rounds=config.max_rounds,
+            params=config.lgb_params,
+        )
+        churn_folds = models.cross_fit_churn(
+            X_fit,
+            fit_ex.churn,
+            folds,
+            examples.churn,
+            final,
+            seed=config.seed,
+            feature_names=list(examples.X.columns),
+            max_rounds=config.max_rounds,
+            params=config.lgb_params,
+        )
+        stage_head = stage_folds.head(final.booster("stage"))
+        churn_head = churn_folds.head(final.booster("churn"))
+        if final.fallback:
+            say(f"warning: {final.fallback}; the final fits ran here instead")
     training = {
         "folds": n_folds,
         "rounds_stage": stage_head.rounds,

@@ -546,6 +546,13 @@ def train(
             "25,000 fit rows, 3 up to 50,000, then one held-out fold) or 1 to 10."
         ),
     ] = "auto",
+    refit_worker: Annotated[
+        str,
+        typer.Option(
+            help="Fit the final boosters on every row in a second process while the folds "
+            "train: auto (with 2+ cores and 20,000+ labelled rows), always or never.",
+        ),
+    ] = "auto",
 ) -> None:
     """Train the stage and churn heads, log the run to MLflow, print run id and model URI."""
     from customer_lifecycle.simulator import dataset_oracle
@@ -574,6 +581,7 @@ def train(
         value_horizon_days=value_horizon_days,
         value_tiers=_tier_shares(value_tiers),
         cv_folds=_cv_folds(cv_folds),
+        refit_worker=refit_worker.strip().lower(),
     )
     # On a simulated log, score the Bayes-optimal oracle beside the model. Its churn is
     # "no event at all in the horizon", so it only answers --qualifying any.

@@ -53,7 +53,7 @@ def trained(store: Path, sim: Path):  # type: ignore[no-untyped-def]
     result = train(
         sim / "events.parquet",
         labels_path=sim / "labels.csv",
-        config=TrainConfig(seed=1),
+        config=TrainConfig(seed=1, refit_worker="always"),  # the final fits in a worker
         register="lifecycle-test",
         promote_if_better=True,
         oracle_predictions=dataset_oracle(sim / "events.parquet"),
@@ -193,6 +193,34 @@ def test_training_alone_logs_no_oracle(store: Path, sim: Path) -> None:
     ).metrics
     assert "valid_stage_macro_f1" in m
     assert not [k for k in m if "oracle" in k]
+
+
+def test_final_fits_in_a_worker_are_the_ones_fitted_here(store: Path, sim: Path) -> None:
+    # the same run with the final boosters fitted in a second process and here: the
+    # registered model must not depend on where it was fitted
+    said: list[str] = []
+    bundles = []
+    for mode in ("always", "never"):
+        result = train(
+            sim / "events.parquet",
+            labels_path=sim / "labels.csv",
+            config=TrainConfig(
+                seed=2,
+                max_rounds=40,
+                cv_folds=2,
+                latent_states=False,
+                value=False,
+                refit_worker=mode,
+            ),
+            say=said.append,
+        )
+        bundles.append(bundle_of(mlflow.pyfunc.load_model(result.model_uri)))
+    assert any("worker process" in line for line in said)
+    assert not [line for line in said if line.startswith("warning")]
+    X = np.random.default_rng(0).normal(size=(500, len(bundles[0].feature_names)))
+    worker, here = (b.predict_matrix(X) for b in bundles)
+    assert np.array_equal(worker["stage_proba"], here["stage_proba"])
+    assert np.array_equal(worker["churn_probability"], here["churn_probability"])
 
 
 def test_cli_train_on_simulated_data_logs_the_oracle(store: Path, sim: Path) -> None:

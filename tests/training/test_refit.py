@@ -1,0 +1,152 @@
+"""The final fits in a worker process: the same boosters as fitted here, and nothing lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+from customer_lifecycle.training import models
+from customer_lifecycle.training.refit import AUTO_MIN_ROWS, FinalFits, fit_rounds, use_worker
+from customer_lifecycle.training.train import TrainConfig
+
+PARAMS = {**models.DEFAULT_LGB_PARAMS, "num_threads": 1, "seed": 3}
+
+
+def _problem(n: int = 3000, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 6))
+    y = (X[:, 0] + 0.5 * X[:, 1] + rng.normal(scale=0.7, size=n) > 0).astype(int)
+    if classes > 2:
+        y = y + (X[:, 2] > 0.8).astype(int)
+    return X, y
+
+
+def _same(a: lgb.Booster, b: lgb.Booster, X: np.ndarray) -> bool:
+    return a.num_trees() == b.num_trees() and np.array_equal(
+        a.predict(X, raw_score=True), b.predict(X, raw_score=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "told_after",
+    [
+        0.0,  # told the rounds at once: the worker stops at them
+        2.0,  # told late: the worker has run past them (or to max_rounds) and keeps the first R
+    ],
+)
+def test_worker_boosters_are_the_ones_fitted_here(told_after: float) -> None:
+    X, y3 = _problem()
+    y2 = (y3 > 0).astype(int)
+    multi = {**PARAMS, "objective": "multiclass", "num_class": 3}
+    binary = {**PARAMS, "objective": "binary", "bagging_fraction": 0.7}
+    with FinalFits(X, ("stage", "churn"), parallel=True) as final:
+        assert final.parallel
+        final.submit("stage", multi, y3, 300)
+        final.submit("churn", binary, y2, 300)
+        time.sleep(told_after)
+        final.stop_at("stage", 37)
+        final.stop_at("churn", 120)
+        stage, churn = final.booster("stage"), final.booster("churn")
+    assert final.fallback is None
+    assert _same(stage, fit_rounds(multi, X, y3, 37), X)
+    assert _same(churn, fit_rounds(binary, X, y2, 120), X)
+    assert stage.num_trees() == 37 * 3
+
+
+def test_a_worker_that_fails_is_replaced_by_a_fit_here() -> None:
+    X, y = _problem(classes=2)
+    bad = {**PARAMS, "objective": "binary", "num_leaves": 1}  # LightGBM refuses 1 leaf
+    with FinalFits(X, ("churn",), parallel=True) as final:
+        final.submit("churn", bad, y, 10)
+        final.stop_at("churn", 5)
+        # the fit here meets the same refusal, so the error is LightGBM's own
+        with pytest.raises(lgb.basic.LightGBMError, match="num_leaves"):
+            final.booster("churn")
+    assert final.fallback is not None and "num_leaves" in final.fallback
+
+
+def test_a_killed_worker_loses_nothing() -> None:
+    X, y = _problem(classes=2)
+    params = {**PARAMS, "objective": "binary"}
+    with FinalFits(X, ("churn",), parallel=True) as final:
+        final.submit("churn", params, y, 100_000)  # far more than it will be given time for
+        os.kill(final._process.pid, 9)
+        final.stop_at("churn", 50)
+        booster = final.booster("churn")
+    assert final.fallback is not None and "exit code -9" in final.fallback
+    assert _same(booster, fit_rounds(params, X, y, 50), X)
+
+
+def test_the_worker_ends_with_the_run_that_started_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # a run killed mid-fit must not leave its worker fitting on
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        import numpy as np
+        from customer_lifecycle.training.refit import FinalFits
+        X = np.random.default_rng(0).normal(size=(20000, 8))
+        y = (X[:, 0] > 0).astype(int)
+        final = FinalFits(X, ("churn",), parallel=True)
+        final.submit("churn", {"objective": "binary", "num_threads": 1, "verbosity": -1}, y, 10**6)
+        print(final._process.pid, flush=True)
+        time.sleep(1)
+        os._exit(9)
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert run.returncode == 9, run.stderr
+    worker = int(run.stdout.split()[0])
+    for _ in range(600):  # polls: the worker checks its parent once per round
+        if not _alive(worker):
+            break
+        time.sleep(0.1)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sequential_fits_start_no_process() -> None:
+    X, y = _problem(classes=2)
+    params = {**PARAMS, "objective": "binary"}
+    with FinalFits(X, ("churn",), parallel=False) as final:
+        final.submit("churn", params, y, 100)
+        final.stop_at("churn", 12)
+        assert not final.parallel
+        assert _same(final.booster("churn"), fit_rounds(params, X, y, 12), X)
+
+
+def test_misuse_is_refused_in_one_line() -> None:
+    X, y = _problem(classes=2)
+    with FinalFits(X, ("churn",), parallel=False) as final:
+        with pytest.raises(ValueError, match="unexpected or repeated"):
+            final.submit("stage", PARAMS, y, 10)
+        with pytest.raises(ValueError, match="was not submitted"):
+            final.stop_at("churn", 3)
+        final.submit("churn", PARAMS, y, 10)
+        with pytest.raises(ValueError, match="no number of rounds"):
+            final.booster("churn")
+
+
+def test_worker_mode() -> None:
+    assert not use_worker("never", 10**7)
+    assert use_worker("always", 10)
+    assert not use_worker("auto", AUTO_MIN_ROWS - 1)
+    assert use_worker("auto", AUTO_MIN_ROWS) == (len(os.sched_getaffinity(0)) >= 2)
+    with pytest.raises(ValueError, match="refit worker must be one of auto, always, never"):
+        use_worker("sometimes", 10)
+    with pytest.raises(ValueError, match="refit worker"):
+        TrainConfig(refit_worker="yes")

@@ -1,0 +1,252 @@
+"""The registered boosters' final fit, overlapped with cross-fitting in a worker process.
+
+Both heads end with a booster fitted on every labelled row for the number of rounds
+their folds chose (:mod:`customer_lifecycle.training.models`). Done one after the
+other, that final fit waits for the folds and doubles the training time. It need not
+wait: a LightGBM booster's first ``R`` rounds do not depend on how many rounds follow
+(the learning rate is constant, and bagging and feature sampling draw from the seed
+round by round), so the final fit can start at once, run on in a second process while
+the folds train here, stop when it is told ``R``, and keep its first ``R`` rounds. The
+result is the booster that ``fit_rounds(params, X, y, R)`` gives, to the last bit
+(tests/training/test_refit.py).
+
+Why a process and not a thread: two ``lightgbm.Dataset`` constructions at the same time
+in one process crash it (``LGBM_DatasetCreateFromMat``). Each process trains on one core,
+as every booster here does (``num_threads=1``).
+
+Nothing is lost if the worker cannot run or dies: the final fits are then done here,
+after the folds, and :attr:`FinalFits.fallback` says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+# Below this many rows the final fits are short and starting a worker (a fresh
+# interpreter importing LightGBM, about a second of the other core) costs about as much
+# as it saves: "auto" fits them here.
+AUTO_MIN_ROWS = 20_000
+WORKER_MODES = ("auto", "always", "never")
+
+# the worker's message telling it to stop
+_STOP = None
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def use_worker(mode: str, rows: int) -> bool:
+    """Whether ``mode`` (``auto``, ``always``, ``never``) fits ``rows`` rows in a worker.
+
+    ``auto`` uses one with at least two cores and :data:`AUTO_MIN_ROWS` rows.
+
+    Raises
+    ------
+    ValueError
+        For an unknown mode.
+    """
+    if mode not in WORKER_MODES:
+        raise ValueError(f"refit worker must be one of {', '.join(WORKER_MODES)}, not {mode!r}")
+    if mode == "auto":
+        return available_cores() >= 2 and rows >= AUTO_MIN_ROWS
+    return mode == "always"
+
+
+def fit_rounds(params: dict[str, Any], X: np.ndarray, y: np.ndarray, rounds: int) -> lgb.Booster:
+    """A booster on every given row for exactly ``rounds`` rounds (no early stopping).
+
+    ``params`` are used as given (the caller sets ``num_threads``).
+    """
+    train = lgb.Dataset(X, label=y, free_raw_data=True)
+    return lgb.train(params, train, num_boost_round=rounds)
+
+
+class FinalFits:
+    """Final boosters on every row of ``X``, in a worker process or here.
+
+    Use as a context manager::
+
+        with FinalFits(X_all, ("stage", "churn"), parallel=True) as final:
+            final.submit("stage", params, y, max_rounds)   # starts at once in the worker
+            ...cross-fit the stage head...
+            final.stop_at("stage", rounds)                  # the worker keeps R rounds
+            booster = final.booster("stage")                # waits for it
+
+    Parameters
+    ----------
+    X
+        Every labelled row: the final boosters' features.
+    names
+        The fits to expect, in the order they are submitted (the worker fits them in
+        that order, one at a time).
+    parallel
+        Fit in a worker process; ``False`` fits each booster here when
+        :meth:`booster` asks for it, exactly as :func:`fit_rounds` does.
+    """
+
+    def __init__(self, X: np.ndarray, names: tuple[str, ...], *, parallel: bool) -> None:
+        self._X = X
+        self._names = names
+        self._jobs: dict[str, tuple[dict[str, Any], np.ndarray, int]] = {}
+        self._rounds: dict[str, int] = {}
+        self._done: dict[str, str] = {}  # name -> model text from the worker
+        self.fallback: str | None = None  # why the worker was given up, if it was
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self._stops: Any = None
+        if parallel:
+            self._start()
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")  # never fork a process that holds OpenMP threads
+        self._stops = ctx.Array("i", len(self._names), lock=False)
+        parent, child = ctx.Pipe()
+        try:
+            process = ctx.Process(
+                target=_serve,
+                args=(child, self._X, self._stops, self._names, os.getpid()),
+                name="lifecycle-final-fit",
+                daemon=True,
+            )
+            process.start()
+        except Exception as exc:  # no way to start one here: fit in this process
+            self.fallback = f"the worker process did not start ({type(exc).__name__}: {exc})"
+            return
+        finally:
+            child.close()
+        self._process, self._conn = process, parent
+
+    @property
+    def parallel(self) -> bool:
+        """Whether the fits run in a worker process (and it has not been given up)."""
+        return self._conn is not None
+
+    def submit(self, name: str, params: dict[str, Any], y: np.ndarray, max_rounds: int) -> None:
+        """Start fitting ``name`` (in the worker: at once, up to ``max_rounds`` rounds)."""
+        if name not in self._names or name in self._jobs:
+            raise ValueError(f"unexpected or repeated final fit {name!r}")
+        self._jobs[name] = (params, y, max_rounds)
+        if self._conn is not None:
+            try:
+                self._conn.send((name, params, y, max_rounds))
+            except OSError as exc:
+                self._give_up(f"the worker process went away ({exc})")
+
+    def stop_at(self, name: str, rounds: int) -> None:
+        """Tell the fit of ``name`` how many rounds to keep (at least 1)."""
+        if name not in self._jobs:
+            raise ValueError(f"final fit {name!r} was not submitted")
+        rounds = max(1, int(rounds))
+        self._rounds[name] = rounds
+        if self._stops is not None:
+            self._stops[self._names.index(name)] = rounds
+
+    def booster(self, name: str) -> lgb.Booster:
+        """The final booster of ``name``; waits for the worker, or fits it here."""
+        if name not in self._rounds:
+            raise ValueError(f"final fit {name!r} has no number of rounds yet (stop_at)")
+        while self._conn is not None and name not in self._done:
+            self._receive()
+        if name in self._done:
+            return lgb.Booster(model_str=self._done[name])
+        params, y, _ = self._jobs[name]
+        return fit_rounds(params, self._X, y, self._rounds[name])
+
+    def _receive(self) -> None:
+        assert self._conn is not None
+        try:
+            name, text, error = self._conn.recv()
+        except (EOFError, OSError):
+            code = None
+            if self._process is not None:
+                self._process.join(timeout=5)
+                code = self._process.exitcode
+            self._give_up(f"the worker process ended (exit code {code})")
+            return
+        if error is not None:
+            self._give_up(f"the worker process failed: {error}")
+            return
+        self._done[name] = text
+
+    def _give_up(self, why: str) -> None:
+        self.fallback = why
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker (at once if it is still fitting); idempotent."""
+        conn, process = self._conn, self._process
+        self._conn = self._process = None
+        if conn is not None:
+            with contextlib.suppress(OSError):  # already gone
+                conn.send(_STOP)
+            conn.close()
+        if process is not None:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    def __enter__(self) -> FinalFits:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None and self._process is not None:
+            self._process.kill()  # the run failed: whatever it was fitting is not wanted
+        self.close()
+
+
+def _stop_when_told(stops: Any, index: int, parent: int) -> Callable[[Any], None]:
+    """A LightGBM callback ending training once ``stops[index]`` rounds are done."""
+
+    def callback(env: Any) -> None:
+        rounds = stops[index]
+        if rounds and env.iteration + 1 >= rounds:
+            raise lgb.callback.EarlyStopException(env.iteration, [])
+        if os.getppid() != parent:  # orphaned: the run is gone
+            raise SystemExit(0)
+
+    return callback
+
+
+def _serve(
+    conn: Connection, X: np.ndarray, stops: Any, names: tuple[str, ...], parent: int
+) -> None:
+    """The worker: fit each submitted booster, keep the rounds it is told, send the text."""
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is _STOP:
+            return
+        name, params, y, max_rounds = job
+        index = names.index(name)
+        try:
+            booster = lgb.train(
+                params,
+                lgb.Dataset(X, label=y, free_raw_data=True),
+                num_boost_round=max_rounds,
+                callbacks=[_stop_when_told(stops, index, parent)],
+            )
+            while not stops[index]:  # ran out of rounds before the folds chose
+                if os.getppid() != parent:
+                    return
+                time.sleep(0.01)
+            text = booster.model_to_string(num_iteration=int(stops[index]))
+            conn.send((name, text, None))
+        except Exception as exc:
+            conn.send((name, None, f"{type(exc).__name__}: {exc}"))

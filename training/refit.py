@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable
+from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -108,6 +109,7 @@ class FinalFits:
         self._process: Any = None
         self._conn: Connection | None = None
         self._stops: Any = None
+        self._shared: shared_memory.SharedMemory | None = None
         if parallel:
             self._start()
 
@@ -116,15 +118,23 @@ class FinalFits:
         self._stops = ctx.Array("i", len(self._names), lock=False)
         parent, child = ctx.Pipe()
         try:
+            # The features go through shared memory: pickled into the new process's
+            # arguments, they kept this one waiting about 5 s (100,000 rows) for the new
+            # interpreter to start and read them.
+            X = np.ascontiguousarray(self._X)
+            self._shared = shared_memory.SharedMemory(create=True, size=max(1, X.nbytes))
+            np.ndarray(X.shape, X.dtype, buffer=self._shared.buf)[...] = X
             process = ctx.Process(
                 target=_serve,
-                args=(child, self._X, self._stops, self._names, os.getpid()),
+                args=(child, (self._shared.name, X.shape, X.dtype.str), self._stops,
+                      self._names, os.getpid()),
                 name="lifecycle-final-fit",
                 daemon=True,
-            )
+            )  # fmt: skip
             process.start()
         except Exception as exc:  # no way to start one here: fit in this process
             self.fallback = f"the worker process did not start ({type(exc).__name__}: {exc})"
+            self._release()
             return
         finally:
             child.close()
@@ -199,6 +209,13 @@ class FinalFits:
             if process.is_alive():
                 process.kill()
                 process.join()
+        self._release()
+
+    def _release(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.close()
+            shared.unlink()
 
     def __enter__(self) -> FinalFits:
         return self
@@ -223,9 +240,25 @@ def _stop_when_told(stops: Any, index: int, parent: int) -> Callable[[Any], None
 
 
 def _serve(
-    conn: Connection, X: np.ndarray, stops: Any, names: tuple[str, ...], parent: int
+    conn: Connection,
+    shared: tuple[str, tuple[int, ...], str],
+    stops: Any,
+    names: tuple[str, ...],
+    parent: int,
 ) -> None:
     """The worker: fit each submitted booster, keep the rounds it is told, send the text."""
+    memory_name, shape, dtype = shared
+    memory = shared_memory.SharedMemory(name=memory_name)
+    try:
+        _fit_jobs(conn, np.ndarray(shape, np.dtype(dtype), buffer=memory.buf), stops, names, parent)
+    finally:
+        with contextlib.suppress(BufferError):  # a view still alive: the exit frees it
+            memory.close()
+
+
+def _fit_jobs(
+    conn: Connection, X: np.ndarray, stops: Any, names: tuple[str, ...], parent: int
+) -> None:
     while True:
         try:
             job = conn.recv()

@@ -23,10 +23,11 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import tempfile
 import time
 from collections.abc import Callable
-from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -109,7 +110,7 @@ class FinalFits:
         self._process: Any = None
         self._conn: Connection | None = None
         self._stops: Any = None
-        self._shared: shared_memory.SharedMemory | None = None
+        self._path: Path | None = None  # the features, for the worker
         if parallel:
             self._start()
 
@@ -118,19 +119,21 @@ class FinalFits:
         self._stops = ctx.Array("i", len(self._names), lock=False)
         parent, child = ctx.Pipe()
         try:
-            # The features go through shared memory: pickled into the new process's
-            # arguments, they kept this one waiting about 5 s (100,000 rows) for the new
-            # interpreter to start and read them.
-            X = np.ascontiguousarray(self._X)
-            self._shared = shared_memory.SharedMemory(create=True, size=max(1, X.nbytes))
-            np.ndarray(X.shape, X.dtype, buffer=self._shared.buf)[...] = X
+            # The features go through a temporary file the worker maps: pickled into its
+            # arguments, they kept this process waiting about 5 s (100,000 rows) for the
+            # new interpreter to start and read them. Not shared memory: /dev/shm is
+            # often small (64 MB in a default container), and writing past it kills
+            # the process with SIGBUS instead of raising.
+            handle, path = tempfile.mkstemp(prefix="lifecycle-final-fit-", suffix=".npy")
+            os.close(handle)
+            self._path = Path(path)
+            np.save(self._path, np.ascontiguousarray(self._X), allow_pickle=False)
             process = ctx.Process(
                 target=_serve,
-                args=(child, (self._shared.name, X.shape, X.dtype.str), self._stops,
-                      self._names, os.getpid()),
+                args=(child, str(self._path), self._stops, self._names, os.getpid()),
                 name="lifecycle-final-fit",
                 daemon=True,
-            )  # fmt: skip
+            )
             process.start()
         except Exception as exc:  # no way to start one here: fit in this process
             self.fallback = f"the worker process did not start ({type(exc).__name__}: {exc})"
@@ -212,10 +215,9 @@ class FinalFits:
         self._release()
 
     def _release(self) -> None:
-        shared, self._shared = self._shared, None
-        if shared is not None:
-            shared.close()
-            shared.unlink()
+        path, self._path = self._path, None
+        if path is not None:
+            path.unlink(missing_ok=True)
 
     def __enter__(self) -> FinalFits:
         return self
@@ -239,21 +241,12 @@ def _stop_when_told(stops: Any, index: int, parent: int) -> Callable[[Any], None
     return callback
 
 
-def _serve(
-    conn: Connection,
-    shared: tuple[str, tuple[int, ...], str],
-    stops: Any,
-    names: tuple[str, ...],
-    parent: int,
-) -> None:
+def _serve(conn: Connection, path: str, stops: Any, names: tuple[str, ...], parent: int) -> None:
     """The worker: fit each submitted booster, keep the rounds it is told, send the text."""
-    memory_name, shape, dtype = shared
-    memory = shared_memory.SharedMemory(name=memory_name)
-    try:
-        _fit_jobs(conn, np.ndarray(shape, np.dtype(dtype), buffer=memory.buf), stops, names, parent)
-    finally:
-        with contextlib.suppress(BufferError):  # a view still alive: the exit frees it
-            memory.close()
+    X = np.load(path, mmap_mode="r", allow_pickle=False)
+    with contextlib.suppress(OSError):  # mapped, the data outlives its name: nothing leaks
+        os.unlink(path)  # even if the training process is killed
+    _fit_jobs(conn, X, stops, names, parent)
 
 
 def _fit_jobs(

@@ -99,8 +99,14 @@ def test_the_worker_ends_with_the_run_that_started_it(tmp_path) -> None:  # type
         os._exit(9)
         """
     )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
     run = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
     )
     assert run.returncode == 9, run.stderr
     worker = int(run.stdout.split()[0])
@@ -109,6 +115,8 @@ def test_the_worker_ends_with_the_run_that_started_it(tmp_path) -> None:  # type
             break
         time.sleep(0.1)
     assert not _alive(worker)
+    # the features file the worker read is gone with it, although nobody closed the run
+    assert not list(tmp_path.glob("lifecycle-final-fit-*"))
 
 
 def _alive(pid: int) -> bool:

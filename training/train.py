@@ -512,8 +512,9 @@ def add_latent_states(
 ) -> tuple[Examples, LatentStateFeatures]:
     """Fit the latent-stage HMM and append its filtered state features to ``examples``.
 
-    EM runs on every labelled customer's event sequence up to its latest snapshot
-    (labels only initialise the states, one active and one quiet per stage). Only the
+    EM runs on every labelled customer's event sequence up to its latest snapshot;
+    labels initialise the states (one active and one quiet per stage) and anchor them,
+    each an observation of the customer's state on its day (``anchor_labels``). Only the
     labels of customers outside the validation part are used for that, so validation
     stays unseen; the split is recomputed with the same seed and gives the same parts.
     """

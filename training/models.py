@@ -209,6 +209,7 @@ def cross_fit_stage(
     seed: int,
     max_rounds: int = 2000,
     params: dict[str, Any] | None = None,
+    final_seeds: int = 1,
 ) -> StageFolds:
     """Submit the stage head's final fit to ``final``, then cross-fit and calibrate it.
 
@@ -220,12 +221,17 @@ def cross_fit_stage(
     y_all, final
         Every labelled row's stage, and the final fits on every labelled row's features
         (:class:`~customer_lifecycle.training.refit.FinalFits`), told the rounds here.
+    final_seeds
+        Final fits submitted (``stage/0``, ``stage/1``, ...), each with its own seed
+        (bagging and feature sampling), all for the rounds chosen here; the head's
+        booster is their average (``final.averaged("stage", final_seeds)``).
     """
     p = _one_thread(stage_params(n_classes, seed, params))
-    final.submit("stage", p, y_all, max_rounds)
+    names = _submit_final(final, "stage", p, y_all, max_rounds, final_seeds)
     cross = cross_fit(p, X_fit, y_fit, folds, max_rounds)
     rounds = cross.rounds_for(max_rounds)
-    final.stop_at("stage", rounds)
+    for name in names:
+        final.stop_at(name, rounds)
     held = cross.held_out
     temperature, weights = calibrate_stage(cross.oof[held], y_fit[held], n_classes)
     return StageFolds(cross, rounds, temperature, weights)
@@ -242,18 +248,40 @@ def cross_fit_churn(
     feature_names: list[str] | None = None,
     max_rounds: int = 2000,
     params: dict[str, Any] | None = None,
+    final_seeds: int = 1,
 ) -> ChurnFolds:
     """:func:`cross_fit_stage` for the binary churn head (``y`` is 1 for churned).
 
     ``feature_names`` are those of :func:`churn_params`.
     """
     p = _one_thread(churn_params(seed, feature_names, params))
-    final.submit("churn", p, y_all, max_rounds)
+    names = _submit_final(final, "churn", p, y_all, max_rounds, final_seeds)
     cross = cross_fit(p, X_fit, y_fit, folds, max_rounds)
     rounds = cross.rounds_for(max_rounds)
-    final.stop_at("churn", rounds)
+    for name in names:
+        final.stop_at(name, rounds)
     held = cross.held_out
     return ChurnFolds(cross, rounds, fit_platt(cross.oof[held], y_fit[held]))
+
+
+# Seeds of a head's final fits: the head's seed, then this far apart.
+FINAL_SEED_STEP = 1_000_003
+
+
+def _submit_final(
+    final: FinalFits,
+    head: str,
+    params: dict[str, Any],
+    y_all: np.ndarray,
+    max_rounds: int,
+    seeds: int,
+) -> tuple[str, ...]:
+    names = refit.final_names(head, seeds)
+    for i, name in enumerate(names):
+        final.submit(
+            name, {**params, "seed": params["seed"] + i * FINAL_SEED_STEP}, y_all, max_rounds
+        )
+    return names
 
 
 @dataclass
@@ -298,12 +326,12 @@ def fit_stage_head(
     ``X_all, y_all`` are every labelled row: the final booster's training data; the
     rest is :func:`cross_fit_stage`'s.
     """
-    with FinalFits(X_all, ("stage",), parallel=False) as final:
+    with FinalFits(X_all, refit.final_names("stage", 1), parallel=False) as final:
         folded = cross_fit_stage(
             X_fit, y_fit, folds, y_all, final,
             n_classes=n_classes, seed=seed, max_rounds=max_rounds, params=params,
         )  # fmt: skip
-        return folded.head(final.booster("stage"))
+        return folded.head(final.averaged("stage", 1))
 
 
 def fit_churn_head(
@@ -319,12 +347,12 @@ def fit_churn_head(
     params: dict[str, Any] | None = None,
 ) -> ChurnHead:
     """:func:`fit_stage_head` for the binary churn head (``y`` is 1 for churned)."""
-    with FinalFits(X_all, ("churn",), parallel=False) as final:
+    with FinalFits(X_all, refit.final_names("churn", 1), parallel=False) as final:
         folded = cross_fit_churn(
             X_fit, y_fit, folds, y_all, final,
             seed=seed, feature_names=feature_names, max_rounds=max_rounds, params=params,
         )  # fmt: skip
-        return folded.head(final.booster("churn"))
+        return folded.head(final.averaged("churn", 1))
 
 
 @dataclass

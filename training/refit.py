@@ -32,11 +32,12 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+from customer_lifecycle.training.averaging import average_boosters
 
 # Below this many rows the final fits are short and starting a worker (a fresh
 # interpreter importing LightGBM, about a second of the other core) costs about as much
 # as it saves: "auto" fits them here.
-AUTO_MIN_ROWS = 20_000
+AUTO_MIN_ROWS = 5_000
 WORKER_MODES = ("auto", "always", "never")
 
 # the worker's message telling it to stop
@@ -66,6 +67,11 @@ def use_worker(mode: str, rows: int) -> bool:
     if mode == "auto":
         return available_cores() >= 2 and rows >= AUTO_MIN_ROWS
     return mode == "always"
+
+
+def final_names(head: str, seeds: int) -> tuple[str, ...]:
+    """Names of a head's ``seeds`` final fits in :class:`FinalFits` (``stage/0``, ...)."""
+    return tuple(f"{head}/{i}" for i in range(seeds))
 
 
 def fit_rounds(params: dict[str, Any], X: np.ndarray, y: np.ndarray, rounds: int) -> lgb.Booster:
@@ -178,6 +184,13 @@ class FinalFits:
             return lgb.Booster(model_str=self._done[name])
         params, y, _ = self._jobs[name]
         return fit_rounds(params, self._X, y, self._rounds[name])
+
+    def averaged(self, head: str, seeds: int) -> lgb.Booster:
+        """The mean of ``head``'s ``seeds`` final boosters, as one booster.
+
+        See :func:`~customer_lifecycle.training.averaging.average_boosters`.
+        """
+        return average_boosters([self.booster(name) for name in final_names(head, seeds)])
 
     def _receive(self) -> None:
         assert self._conn is not None

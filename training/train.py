@@ -47,7 +47,7 @@ from customer_lifecycle.training.labels import (
     rulebook_for,
 )
 from customer_lifecycle.training.model_env import model_environment
-from customer_lifecycle.training.refit import FinalFits, use_worker
+from customer_lifecycle.training.refit import FinalFits, final_names, use_worker
 from mlflow.models import infer_signature
 
 Say = Callable[[str], None]
@@ -56,7 +56,14 @@ VALIDATION_MODEL = (
     "the fold boosters' mean raw score with the out-of-fold calibration; "
     "none of them saw a validation customer"
 )
-LOGGED_TRAINING_PARAMS = ("folds", "rounds_stage", "rounds_churn", "fit_rows", "final_fit_rows")
+LOGGED_TRAINING_PARAMS = (
+    "folds",
+    "rounds_stage",
+    "rounds_churn",
+    "final_seeds",
+    "fit_rows",
+    "final_fit_rows",
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ class TrainConfig:
     value_horizon_days: int = 365
     value_tiers: tuple[float, ...] = VALUE_TIER_SHARES
     refit_worker: str = "auto"
+    final_seeds: int | str = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.validation_fraction < 1.0:
@@ -88,6 +96,14 @@ class TrainConfig:
             )
         tier_thresholds([1.0], self.value_tiers)  # refuses bad shares in one line
         use_worker(self.refit_worker, 0)  # refuses an unknown mode in one line
+        seeds = self.final_seeds
+        if not (
+            seeds == "auto"
+            or (isinstance(seeds, int) and not isinstance(seeds, bool) and 1 <= seeds <= 10)
+        ):
+            raise ValueError(
+                f"final_seeds must be 'auto' or a whole number from 1 to 10, not {seeds!r}"
+            )
         folds = self.cv_folds
         if not (
             folds == "auto"
@@ -97,6 +113,15 @@ class TrainConfig:
                 f"cv_folds must be 'auto', 0 (automatic) or a whole number from 1 to 10, "
                 f"not {folds!r}"
             )
+
+    def final_seeds_for(self, fit_rows: int) -> int:
+        """Final boosters per head, averaged, for a fit set of ``fit_rows`` rows.
+
+        ``"auto"``: :data:`AUTO_FINAL_SEEDS` up to the last size with 5 folds, 1 above.
+        """
+        if isinstance(self.final_seeds, int):
+            return self.final_seeds
+        return AUTO_FINAL_SEEDS if fit_rows <= AUTO_FOLDS[0][0] else 1
 
     def folds_for(self, fit_rows: int) -> int:
         """Number of customer folds for a fit set of ``fit_rows`` rows.
@@ -117,6 +142,11 @@ class TrainConfig:
 # "both heads on 100,000 customers in at most 2 minutes" leaves room for few: measured
 # in docs/models.md#training-data-and-the-split.
 AUTO_FOLDS: tuple[tuple[int, int], ...] = ((25_000, 5), (50_000, 3))
+# Final boosters per head with final_seeds "auto" while there are 5 folds: their mean
+# has less of the variance bagging and feature sampling add (docs/models.md). There,
+# the final fits on every row cost about what the folds cost, and the refit worker
+# runs them beside the folds; above, one.
+AUTO_FINAL_SEEDS = 3
 
 
 @dataclass
@@ -247,7 +277,9 @@ def train(
 
     X_fit, X_all = fit_ex.X.to_numpy(), examples.X.to_numpy()
     in_worker = use_worker(config.refit_worker, len(examples.stage))
-    with FinalFits(X_all, ("stage", "churn"), parallel=in_worker) as final:
+    seeds = config.final_seeds_for(len(fit_ex.stage))
+    names = final_names("stage", seeds) + final_names("churn", seeds)
+    with FinalFits(X_all, names, parallel=in_worker) as final:
         if final.parallel:
             say("final fits on every row: started in a worker process beside the folds")
         stage_folds = models.cross_fit_stage(
@@ -260,6 +292,7 @@ def train(
             seed=config.seed,
             max_rounds=config.max_rounds,
             params=config.lgb_params,
+            final_seeds=seeds,
         )
         churn_folds = models.cross_fit_churn(
             X_fit,
@@ -271,15 +304,17 @@ def train(
             feature_names=list(examples.X.columns),
             max_rounds=config.max_rounds,
             params=config.lgb_params,
+            final_seeds=seeds,
         )
-        stage_head = stage_folds.head(final.booster("stage"))
-        churn_head = churn_folds.head(final.booster("churn"))
+        stage_head = stage_folds.head(final.averaged("stage", seeds))
+        churn_head = churn_folds.head(final.averaged("churn", seeds))
         if final.fallback:
             say(f"warning: {final.fallback}; the final fits ran here instead")
     training = {
         "folds": n_folds,
         "rounds_stage": stage_head.rounds,
         "rounds_churn": churn_head.rounds,
+        "final_seeds": seeds,
         "fold_best_iterations_stage": stage_head.cross.best_iterations,
         "fold_best_iterations_churn": churn_head.cross.best_iterations,
         "fit_rows": int(len(fit_ex.stage)),

@@ -550,7 +550,14 @@ def train(
         str,
         typer.Option(
             help="Fit the final boosters on every row in a second process while the folds "
-            "train: auto (with 2+ cores and 20,000+ labelled rows), always or never.",
+            "train: auto (with 2+ cores and 5,000+ labelled rows), always or never.",
+        ),
+    ] = "auto",
+    final_seeds: Annotated[
+        str,
+        typer.Option(
+            help="Final boosters per head, each with its own seed, averaged into one: auto "
+            "(3 up to 25,000 fit rows, then 1) or 1 to 10.",
         ),
     ] = "auto",
 ) -> None:
@@ -580,8 +587,9 @@ def train(
         value=value,
         value_horizon_days=value_horizon_days,
         value_tiers=_tier_shares(value_tiers),
-        cv_folds=_cv_folds(cv_folds),
+        cv_folds=_count_or_auto(cv_folds, "--cv-folds"),
         refit_worker=refit_worker.strip().lower(),
+        final_seeds=_count_or_auto(final_seeds, "--final-seeds"),
     )
     # On a simulated log, score the Bayes-optimal oracle beside the model. Its churn is
     # "no event at all in the horizon", so it only answers --qualifying any.
@@ -620,15 +628,15 @@ def train(
     typer.echo(f"model URI: {result.model_uri}")
 
 
-def _cv_folds(text: str) -> int | str:
-    """``--cv-folds``: ``auto`` or a whole number (TrainConfig checks its range)."""
+def _count_or_auto(text: str, option: str) -> int | str:
+    """``auto`` or a whole number (TrainConfig checks its range)."""
     if text.strip().lower() == "auto":
         return "auto"
     try:
         return int(text)
     except ValueError:
         raise ValueError(
-            f"--cv-folds must be auto or a whole number from 1 to 10, not {text!r}"
+            f"{option} must be auto or a whole number from 1 to 10, not {text!r}"
         ) from None
 
 

@@ -12,7 +12,13 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 from customer_lifecycle.training import models
-from customer_lifecycle.training.refit import AUTO_MIN_ROWS, FinalFits, fit_rounds, use_worker
+from customer_lifecycle.training.refit import (
+    AUTO_MIN_ROWS,
+    FinalFits,
+    final_names,
+    fit_rounds,
+    use_worker,
+)
 from customer_lifecycle.training.train import TrainConfig
 
 PARAMS = {**models.DEFAULT_LGB_PARAMS, "num_threads": 1, "seed": 3}
@@ -158,3 +164,29 @@ def test_worker_mode() -> None:
         use_worker("sometimes", 10)
     with pytest.raises(ValueError, match="refit worker"):
         TrainConfig(refit_worker="yes")
+
+
+def test_averaged_final_fits_are_the_mean_of_their_seeds() -> None:
+    # three seeds of one head in the worker: one booster whose raw score is their mean
+    X, y = _problem(classes=2)
+    params = {**PARAMS, "objective": "binary"}
+    names = final_names("churn", 3)
+    seeds = [{**params, "seed": 3 + i} for i in range(3)]
+    with FinalFits(X, names, parallel=True) as final:
+        for name, p in zip(names, seeds, strict=True):
+            final.submit(name, p, y, 200)
+            final.stop_at(name, 25)
+        merged = final.averaged("churn", 3)
+    here = [fit_rounds(p, X, y, 25) for p in seeds]
+    mean = np.mean([b.predict(X, raw_score=True) for b in here], axis=0)
+    np.testing.assert_allclose(merged.predict(X, raw_score=True), mean, rtol=0, atol=1e-12)
+    assert not np.allclose(here[0].predict(X), here[1].predict(X))  # the seeds differ
+
+
+def test_final_seeds_setting() -> None:
+    assert TrainConfig().final_seeds_for(25_000) == 3
+    assert TrainConfig().final_seeds_for(25_001) == 1
+    assert TrainConfig(final_seeds=5).final_seeds_for(10**6) == 5
+    for bad in (0, 11, "3", True):
+        with pytest.raises(ValueError, match="final_seeds must be 'auto' or a whole number"):
+            TrainConfig(final_seeds=bad)

@@ -116,7 +116,7 @@ class FinalFits:
         self._process: Any = None
         self._conn: Connection | None = None
         self._stops: Any = None
-        self._path: Path | None = None  # the features, for the worker
+        self._files: list[Path] = []  # arrays spilled for the worker
         if parallel:
             self._start()
 
@@ -130,13 +130,10 @@ class FinalFits:
             # new interpreter to start and read them. Not shared memory: /dev/shm is
             # often small (64 MB in a default container), and writing past it kills
             # the process with SIGBUS instead of raising.
-            handle, path = tempfile.mkstemp(prefix="lifecycle-final-fit-", suffix=".npy")
-            os.close(handle)
-            self._path = Path(path)
-            np.save(self._path, np.ascontiguousarray(self._X), allow_pickle=False)
+            features = self._spill(self._X)
             process = ctx.Process(
                 target=_serve,
-                args=(child, str(self._path), self._stops, self._names, os.getpid()),
+                args=(child, str(features), self._stops, self._names, os.getpid()),
                 name="lifecycle-final-fit",
                 daemon=True,
             )
@@ -161,7 +158,12 @@ class FinalFits:
         self._jobs[name] = (params, y, max_rounds)
         if self._conn is not None:
             try:
-                self._conn.send((name, params, y, max_rounds))
+                # Only a path goes through the pipe: a message larger than the pipe's
+                # buffer (64 KB: the targets of 8,000 rows) blocks until the worker
+                # reads it, and the worker reads the next job only once the current
+                # one has its rounds, which this process sets after submitting.
+                targets = self._spill(y)
+                self._conn.send((name, params, str(targets), max_rounds))
             except OSError as exc:
                 self._give_up(f"the worker process went away ({exc})")
 
@@ -227,9 +229,18 @@ class FinalFits:
                 process.join()
         self._release()
 
+    def _spill(self, array: np.ndarray) -> Path:
+        """``array`` in a temporary ``.npy`` file for the worker (which unlinks it)."""
+        handle, name = tempfile.mkstemp(prefix="lifecycle-final-fit-", suffix=".npy")
+        os.close(handle)
+        path = Path(name)
+        self._files.append(path)
+        np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+        return path
+
     def _release(self) -> None:
-        path, self._path = self._path, None
-        if path is not None:
+        files, self._files = self._files, []
+        for path in files:  # those the worker has not read (and unlinked)
             path.unlink(missing_ok=True)
 
     def __enter__(self) -> FinalFits:
@@ -256,10 +267,15 @@ def _stop_when_told(stops: Any, index: int, parent: int) -> Callable[[Any], None
 
 def _serve(conn: Connection, path: str, stops: Any, names: tuple[str, ...], parent: int) -> None:
     """The worker: fit each submitted booster, keep the rounds it is told, send the text."""
-    X = np.load(path, mmap_mode="r", allow_pickle=False)
+    _fit_jobs(conn, _load(path), stops, names, parent)
+
+
+def _load(path: str) -> np.ndarray:
+    """A spilled array, mapped; its file is unlinked at once."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
     with contextlib.suppress(OSError):  # mapped, the data outlives its name: nothing leaks
         os.unlink(path)  # even if the training process is killed
-    _fit_jobs(conn, X, stops, names, parent)
+    return array
 
 
 def _fit_jobs(
@@ -272,9 +288,10 @@ def _fit_jobs(
             return
         if job is _STOP:
             return
-        name, params, y, max_rounds = job
+        name, params, targets, max_rounds = job
         index = names.index(name)
         try:
+            y = np.asarray(_load(targets))
             booster = lgb.train(
                 params,
                 lgb.Dataset(X, label=y, free_raw_data=True),

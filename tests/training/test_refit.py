@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import lightgbm as lgb
@@ -190,3 +191,31 @@ def test_final_seeds_setting() -> None:
     for bad in (0, 11, "3", True):
         with pytest.raises(ValueError, match="final_seeds must be 'auto' or a whole number"):
             TrainConfig(final_seeds=bad)
+
+
+def test_large_jobs_submitted_before_any_rounds_do_not_block() -> None:
+    # three seeds of a head are submitted before the folds choose their rounds; targets
+    # far larger than a pipe's buffer once made the second submission wait for the
+    # worker, which waited for rounds this process could no longer set
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60_000, 3))
+    y = (X[:, 0] > 0).astype(np.int64)  # 480 KB of targets per job
+    params = {**PARAMS, "objective": "binary", "num_leaves": 4}
+    names = final_names("churn", 3)
+    submitted = threading.Event()
+    with FinalFits(X, names, parallel=True) as final:
+
+        def submit_all() -> None:
+            for i, name in enumerate(names):
+                final.submit(name, {**params, "seed": i}, y, 10_000)
+            submitted.set()
+
+        worker = threading.Thread(target=submit_all, daemon=True)
+        worker.start()
+        # a deadlock detector, not a speed limit: the submissions only write files
+        assert submitted.wait(timeout=120), "submitting the final fits blocked"
+        for name in names:
+            final.stop_at(name, 3)
+        merged = final.averaged("churn", 3)
+    assert final.fallback is None
+    assert merged.num_trees() == 9

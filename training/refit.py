@@ -24,6 +24,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -112,6 +113,12 @@ class FinalFits:
         self._jobs: dict[str, tuple[dict[str, Any], np.ndarray, int]] = {}
         self._rounds: dict[str, int] = {}
         self._done: dict[str, str] = {}  # name -> model text from the worker
+        # what the reader thread received: name -> (model text, error); it drains the
+        # pipe at once, so a finished fit never waits for this process to ask for it
+        self._inbox: dict[str, tuple[str | None, str | None]] = {}
+        self._worker_gone = False
+        self._arrived = threading.Condition()
+        self._reader: threading.Thread | None = None
         self.fallback: str | None = None  # why the worker was given up, if it was
         self._process: Any = None
         self._conn: Connection | None = None
@@ -145,6 +152,22 @@ class FinalFits:
         finally:
             child.close()
         self._process, self._conn = process, parent
+        self._reader = threading.Thread(target=self._read, args=(parent,), daemon=True)
+        self._reader.start()
+
+    def _read(self, conn: Connection) -> None:
+        """The reader thread: every message of the worker into the inbox, until EOF."""
+        while True:
+            try:
+                name, text, error = conn.recv()
+            except (EOFError, OSError):
+                with self._arrived:
+                    self._worker_gone = True
+                    self._arrived.notify_all()
+                return
+            with self._arrived:
+                self._inbox[name] = (text, error)
+                self._arrived.notify_all()
 
     @property
     def parallel(self) -> bool:
@@ -180,8 +203,8 @@ class FinalFits:
         """The final booster of ``name``; waits for the worker, or fits it here."""
         if name not in self._rounds:
             raise ValueError(f"final fit {name!r} has no number of rounds yet (stop_at)")
-        while self._conn is not None and name not in self._done:
-            self._receive()
+        if self._conn is not None and name not in self._done:
+            self._receive(name)
         if name in self._done:
             return lgb.Booster(model_str=self._done[name])
         params, y, _ = self._jobs[name]
@@ -194,21 +217,21 @@ class FinalFits:
         """
         return average_boosters([self.booster(name) for name in final_names(head, seeds)])
 
-    def _receive(self) -> None:
-        assert self._conn is not None
-        try:
-            name, text, error = self._conn.recv()
-        except (EOFError, OSError):
+    def _receive(self, name: str) -> None:
+        """Wait for the worker's ``name``; give the worker up if it failed or ended."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: name in self._inbox or self._worker_gone)
+            text, error = self._inbox.get(name, (None, None))
+        if text is not None:
+            self._done[name] = text
+        elif error is not None:
+            self._give_up(f"the worker process failed: {error}")
+        else:
             code = None
             if self._process is not None:
                 self._process.join(timeout=5)
                 code = self._process.exitcode
             self._give_up(f"the worker process ended (exit code {code})")
-            return
-        if error is not None:
-            self._give_up(f"the worker process failed: {error}")
-            return
-        self._done[name] = text
 
     def _give_up(self, why: str) -> None:
         self.fallback = why
@@ -216,17 +239,20 @@ class FinalFits:
 
     def close(self) -> None:
         """Stop the worker (at once if it is still fitting); idempotent."""
-        conn, process = self._conn, self._process
-        self._conn = self._process = None
+        conn, process, reader = self._conn, self._process, self._reader
+        self._conn = self._process = self._reader = None
         if conn is not None:
             with contextlib.suppress(OSError):  # already gone
                 conn.send(_STOP)
-            conn.close()
         if process is not None:
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
                 process.join()
+        if reader is not None:
+            reader.join(timeout=5)  # the worker's end is closed: the reader sees EOF
+        if conn is not None:
+            conn.close()
         self._release()
 
     def _spill(self, array: np.ndarray) -> Path:

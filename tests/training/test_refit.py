@@ -219,3 +219,25 @@ def test_large_jobs_submitted_before_any_rounds_do_not_block() -> None:
         merged = final.averaged("churn", 3)
     assert final.fallback is None
     assert merged.num_trees() == 9
+
+
+def test_finished_fits_never_wait_to_be_asked_for() -> None:
+    # models far larger than a pipe's buffer: each must reach this process as soon as
+    # it is done, or the worker would sit on its first result until asked and fit the
+    # others only then, after the folds instead of beside them
+    X, y = _problem(n=20_000, classes=2)
+    params = {**PARAMS, "objective": "binary", "num_leaves": 31, "min_data_in_leaf": 5}
+    names = final_names("churn", 3)
+    with FinalFits(X, names, parallel=True) as final:
+        for i, name in enumerate(names):
+            final.submit(name, {**params, "seed": i}, y, 300)
+            final.stop_at(name, 300)
+        for _ in range(1200):  # a deadlock detector, not a speed limit
+            with final._arrived:
+                if len(final._inbox) == 3:
+                    break
+            time.sleep(0.1)
+        sizes = [len(text or "") for text, _ in final._inbox.values()]
+        assert len(sizes) == 3 and min(sizes) > 300_000, sizes
+        merged = final.averaged("churn", 3)
+    assert final.fallback is None and merged.num_trees() == 900

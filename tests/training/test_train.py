@@ -117,15 +117,18 @@ def test_registered_model_saw_every_row_validation_model_only_the_fit_set(
     # fit and validation together are far from every row
     assert training["fit_rows"] + training["validation_rows"] < 0.7 * training["final_fit_rows"]
     assert training["folds"] == 5
-    # the registered boosters ran exactly the recorded rounds on every row (80% bagging)
-    assert bundle.stage_booster.num_trees() == training["rounds_stage"] * len(bundle.stages)
-    assert bundle.churn_booster.num_trees() == training["rounds_churn"]
+    # the registered boosters ran exactly the recorded rounds on every row (80% bagging),
+    # three seeds of each averaged into one model up to 25,000 fit rows
+    assert training["final_seeds"] == 3
+    assert bundle.stage_booster.num_trees() == training["rounds_stage"] * len(bundle.stages) * 3
+    assert bundle.churn_booster.num_trees() == training["rounds_churn"] * 3
     tree = bundle.churn_booster.dump_model()["tree_info"][0]["tree_structure"]
     assert tree["internal_count"] == pytest.approx(0.8 * training["final_fit_rows"], rel=0.03)
     params = MlflowClient().get_run(result.run_id).data.params
     assert params["final_fit_rows"] == str(training["final_fit_rows"])
     assert params["folds"] == "5"
     assert {"rounds_stage", "rounds_churn", "fit_rows"} <= set(params)
+    assert params["final_seeds"] == "3"
     assert "config.calibration_fraction" not in params
 
 

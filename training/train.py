@@ -47,7 +47,7 @@ from customer_lifecycle.training.labels import (
     rulebook_for,
 )
 from customer_lifecycle.training.model_env import model_environment
-from customer_lifecycle.training.refit import FinalFits, final_names, use_worker
+from customer_lifecycle.training.refit import AUTO_MIN_ROWS, FinalFits, final_names, use_worker
 from mlflow.models import infer_signature
 
 Say = Callable[[str], None]
@@ -114,14 +114,19 @@ class TrainConfig:
                 f"not {folds!r}"
             )
 
-    def final_seeds_for(self, fit_rows: int) -> int:
-        """Final boosters per head, averaged, for a fit set of ``fit_rows`` rows.
+    def final_seeds_for(self, fit_rows: int, labelled_rows: int) -> int:
+        """Final boosters per head, averaged, for ``fit_rows`` fit-set rows out of
+        ``labelled_rows`` labelled rows.
 
-        ``"auto"``: :data:`AUTO_FINAL_SEEDS` up to the last size with 5 folds, 1 above.
+        ``"auto"``: :data:`AUTO_FINAL_SEEDS` from the size at which the refit worker
+        starts (:data:`~customer_lifecycle.training.refit.AUTO_MIN_ROWS` labelled rows)
+        up to the last size with 5 folds; 1 otherwise.
         """
         if isinstance(self.final_seeds, int):
             return self.final_seeds
-        return AUTO_FINAL_SEEDS if fit_rows <= AUTO_FOLDS[0][0] else 1
+        if labelled_rows >= AUTO_MIN_ROWS and fit_rows <= AUTO_FOLDS[0][0]:
+            return AUTO_FINAL_SEEDS
+        return 1
 
     def folds_for(self, fit_rows: int) -> int:
         """Number of customer folds for a fit set of ``fit_rows`` rows.
@@ -142,10 +147,10 @@ class TrainConfig:
 # "both heads on 100,000 customers in at most 2 minutes" leaves room for few: measured
 # in docs/models.md#training-data-and-the-split.
 AUTO_FOLDS: tuple[tuple[int, int], ...] = ((25_000, 5), (50_000, 3))
-# Final boosters per head with final_seeds "auto" while there are 5 folds: their mean
-# has less of the variance bagging and feature sampling add (docs/models.md). There,
-# the final fits on every row cost about what the folds cost, and the refit worker
-# runs them beside the folds; above, one.
+# Final boosters per head with final_seeds "auto" while there are 5 folds and enough
+# rows for the refit worker: their mean has less of the variance bagging and feature
+# sampling add (docs/models.md). There, the final fits on every row cost about what the
+# folds cost, and the worker runs them beside the folds; otherwise, one.
 AUTO_FINAL_SEEDS = 3
 
 
@@ -277,7 +282,7 @@ def train(
 
     X_fit, X_all = fit_ex.X.to_numpy(), examples.X.to_numpy()
     in_worker = use_worker(config.refit_worker, len(examples.stage))
-    seeds = config.final_seeds_for(len(fit_ex.stage))
+    seeds = config.final_seeds_for(len(fit_ex.stage), len(examples.stage))
     names = final_names("stage", seeds) + final_names("churn", seeds)
     with FinalFits(X_all, names, parallel=in_worker) as final:
         if final.parallel:

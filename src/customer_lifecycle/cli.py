@@ -557,7 +557,7 @@ def train(
         str,
         typer.Option(
             help="Final boosters per head, each with its own seed, averaged into one: auto "
-            "(3 up to 25,000 fit rows, then 1) or 1 to 10.",
+            "(3 from 5,000 labelled rows up to 25,000 fit rows, else 1) or 1 to 10.",
         ),
     ] = "auto",
 ) -> None:

@@ -185,9 +185,11 @@ def test_averaged_final_fits_are_the_mean_of_their_seeds() -> None:
 
 
 def test_final_seeds_setting() -> None:
-    assert TrainConfig().final_seeds_for(25_000) == 3
-    assert TrainConfig().final_seeds_for(25_001) == 1
-    assert TrainConfig(final_seeds=5).final_seeds_for(10**6) == 5
+    assert TrainConfig().final_seeds_for(7_200, 9_000) == 3
+    assert TrainConfig().final_seeds_for(25_000, 31_000) == 3
+    assert TrainConfig().final_seeds_for(25_001, 31_000) == 1  # fewer than 5 folds
+    assert TrainConfig().final_seeds_for(3_900, 4_900) == 1  # no worker starts
+    assert TrainConfig(final_seeds=5).final_seeds_for(10**6, 10**6) == 5
     for bad in (0, 11, "3", True):
         with pytest.raises(ValueError, match="final_seeds must be 'auto' or a whole number"):
             TrainConfig(final_seeds=bad)

@@ -190,6 +190,7 @@ def protocol(
     customers: int = 15_000,
     plain: bool = True,
     latent_states: bool = True,
+    options: dict[str, Any] | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
     """Train on labelled customers at T1 and score the others at T2, for each label count.
@@ -213,6 +214,8 @@ def protocol(
     latent_states
         Train with the latent-stage model (``TrainConfig.latent_states``); without it
         the model has no stage forecast and the ``next_*`` metrics are NaN.
+    options
+        Other ``TrainConfig`` fields to set (``--config KEY=VALUE``).
     say
         Progress messages.
 
@@ -281,7 +284,7 @@ def protocol(
             labels_path=folder / "labels.csv",
             taxonomy_path=taxonomy,
             oracle_predictions=oracle(sim, chosen, T1_DAY),
-            config=TrainConfig(seed=seed, latent_states=latent_states),
+            config=TrainConfig(seed=seed, latent_states=latent_states, **(options or {})),
             say=lambda _: None,
         )
         seconds = time.perf_counter() - t0
@@ -349,7 +352,9 @@ def purchase_taxonomy(work: Path) -> Path:
     return path
 
 
-def purchase_only(seed: int, work: Path, customers: int) -> dict[str, float]:
+def purchase_only(
+    seed: int, work: Path, customers: int, options: dict[str, Any] | None = None
+) -> dict[str, float]:
     """Churn head on the purchases of a ``purchase_heavy`` simulation, rulebook labels at T1.
 
     Returns the run's metrics.
@@ -364,7 +369,7 @@ def purchase_only(seed: int, work: Path, customers: int) -> dict[str, float]:
         path,
         as_of=day_text(T1_DAY),
         taxonomy_path=purchase_taxonomy(work),
-        config=TrainConfig(qualifying="purchases", seed=seed),
+        config=TrainConfig(qualifying="purchases", seed=seed, **(options or {})),
         say=lambda _: None,
     ).metrics
 
@@ -382,7 +387,13 @@ def cdnow_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def cdnow(path: Path, work: Path, seed: int, as_of: str = "1998-01-01") -> dict[str, float]:
+def cdnow(
+    path: Path,
+    work: Path,
+    seed: int,
+    as_of: str = "1998-01-01",
+    options: dict[str, Any] | None = None,
+) -> dict[str, float]:
     """Churn head on the real CDNOW purchases before ``as_of`` (rulebook labels).
 
     Returns the run's metrics.
@@ -410,7 +421,7 @@ def cdnow(path: Path, work: Path, seed: int, as_of: str = "1998-01-01") -> dict[
         out,
         as_of=as_of,
         taxonomy_path=purchase_taxonomy(work),
-        config=TrainConfig(qualifying="purchases", seed=seed),
+        config=TrainConfig(qualifying="purchases", seed=seed, **(options or {})),
         say=lambda _: None,
     ).metrics
 
@@ -468,6 +479,28 @@ def _forecast_table(rows: list[dict[str, Any]]) -> None:
           f"| {skill['scenario']} |")  # fmt: skip
 
 
+def config_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as ``TrainConfig`` fields; whole numbers become ``int``.
+
+    Raises
+    ------
+    ValueError
+        For a pair without ``=`` or a key that is not a ``TrainConfig`` field.
+    """
+    from dataclasses import fields
+
+    from customer_lifecycle.training.train import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--config takes KEY=VALUE with a TrainConfig field, not {pair!r}")
+        out[key] = int(value) if value.lstrip("-").isdigit() else value
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
@@ -479,7 +512,19 @@ def main() -> None:
     parser.add_argument(
         "--no-latent-states", action="store_true", help="train without the latent-stage model"
     )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a TrainConfig field for every run (integers parsed), e.g. final_seeds=1",
+    )
+    parser.add_argument("--no-cdnow", action="store_true", help="skip the CDNOW log")
     args = parser.parse_args()
+    try:
+        options = config_options(args.config)
+    except ValueError as exc:
+        parser.error(str(exc))
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown:
@@ -499,6 +544,7 @@ def main() -> None:
             labelled_sizes=[args.labelled],
             customers=args.customers,
             latent_states=not args.no_latent_states,
+            options=options,
             say=print,
         )
     print()
@@ -527,6 +573,7 @@ def main() -> None:
             customers=args.customers,
             plain=True,
             latent_states=not args.no_latent_states,
+            options=options,
             say=print,
         )
         print("| labelled | scored | F1 ratio | plain F1 ratio | AUC gap | plain AUC gap |")
@@ -537,7 +584,7 @@ def main() -> None:
                 f"| {r['plain_ratio']:.3f} | {r['gap']:+.4f} | {r['plain_gap']:+.4f} |"
             )
 
-    only = purchase_only(seed, work, args.customers)
+    only = purchase_only(seed, work, args.customers, options)
     print("\npurchase-only log (purchase_heavy scenario), churn ROC-AUC, qualifying purchases")
     print("| model | BG/NBD | model - BG/NBD | recency only | RFM logistic |")
     print("|---|---|---|---|---|")
@@ -549,10 +596,12 @@ def main() -> None:
     )
 
     path = cdnow_path()
+    if args.no_cdnow:
+        return
     if path is None:
         print("\nCDNOW: the lifetimes package is not installed (pip install -e '.[bench]')")
     else:
-        real = cdnow(path, work, seed)
+        real = cdnow(path, work, seed, options=options)
         print(f"\nCDNOW (real purchases, {path.name}), as_of 1998-01-01, churn ROC-AUC 90 d ahead")
         print("| model | BG/NBD | model - BG/NBD | target |")
         print("|---|---|---|---|")

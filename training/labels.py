@@ -274,3 +274,52 @@ def check_horizon(events: pd.DataFrame, as_of: pd.Series, horizon_days: int) -> 
             f"as_of {latest.isoformat()} + {horizon_days} days is {end.date()}; "
             "use an earlier as_of or a shorter --horizon-days"
         )
+
+
+def earlier_snapshots(keys: pd.DataFrame, *, count: int, step_days: int) -> pd.DataFrame:
+    """Snapshots of the same customers before their labelled ones, for the churn head.
+
+    For each customer, ``count`` snapshot times ``step_days`` apart going back from its
+    earliest labelled ``as_of`` (the first is ``step_days`` before it). With
+    ``step_days`` at least the churn horizon, each one's churn window closes by the
+    customer's earliest label, so it sees nothing the labelled snapshots do not.
+
+    Parameters
+    ----------
+    keys
+        ``customer_id, as_of`` of the labelled snapshots.
+    count
+        Earlier snapshots per customer (0: none).
+    step_days
+        Days between consecutive snapshots.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``customer_id, as_of``, one row per customer and earlier time, ordered by time
+        (latest first) and then as ``keys``.
+    """
+    if count < 0 or step_days <= 0:
+        raise ValueError("earlier snapshots need a count >= 0 and a positive step in days")
+    when = parse_timestamps(keys["as_of"])
+    first = (
+        pd.DataFrame({CUSTOMER_ID: keys[CUSTOMER_ID].astype(str).to_numpy(), "as_of": when})
+        .groupby(CUSTOMER_ID, sort=False)["as_of"]
+        .min()
+    )
+    parts = [
+        pd.DataFrame(
+            {
+                CUSTOMER_ID: first.index.to_numpy(dtype=object),
+                "as_of": (first - pd.Timedelta(days=k * step_days)).to_numpy(),
+            }
+        )
+        for k in range(1, count + 1)
+    ]
+    if not parts:
+        return pd.DataFrame(
+            {CUSTOMER_ID: pd.Series(dtype=object), "as_of": pd.Series(dtype="datetime64[ns, UTC]")}
+        )
+    out = pd.concat(parts, ignore_index=True)
+    out["as_of"] = out["as_of"].astype("datetime64[ns, UTC]")
+    return out

@@ -28,7 +28,6 @@ from customer_lifecycle.training import refit
 from customer_lifecycle.training.refit import FinalFits
 from scipy.optimize import minimize, minimize_scalar
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -170,11 +169,24 @@ def fit_rounds(params: dict[str, Any], X: np.ndarray, y: np.ndarray, rounds: int
     return refit.fit_rounds(_one_thread(params), X, y, rounds)
 
 
-def calibrate_stage(logits: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, np.ndarray]:
-    """Temperature and decision weights from held-out logits ``(n, n_classes)``."""
+def calibrate_stage(
+    logits: np.ndarray, y: np.ndarray, n_classes: int, *, seed: int = 0
+) -> tuple[float, np.ndarray]:
+    """Temperature and decision weights from held-out logits ``(n, n_classes)``.
+
+    The weights are the geometric mean of :data:`DECISION_BOOTSTRAPS` tunings on
+    bootstrap resamples (seeded by ``seed``), see :func:`tune_decision_weights`.
+    """
     temperature = fit_temperature(logits, y)
-    weights = tune_decision_weights(softmax(logits / temperature), y, n_classes)
+    weights = tune_decision_weights(
+        softmax(logits / temperature), y, n_classes, bootstraps=DECISION_BOOTSTRAPS, seed=seed
+    )
     return temperature, weights
+
+
+# Bootstrap resamples the stage decision weights are tuned on (docs/models.md#the-two-heads):
+# tuned once on the out-of-fold rows, they chased the noise of a rare stage's few rows.
+DECISION_BOOTSTRAPS = 0
 
 
 @dataclass
@@ -233,7 +245,7 @@ def cross_fit_stage(
     for name in names:
         final.stop_at(name, rounds)
     held = cross.held_out
-    temperature, weights = calibrate_stage(cross.oof[held], y_fit[held], n_classes)
+    temperature, weights = calibrate_stage(cross.oof[held], y_fit[held], n_classes, seed=seed)
     return StageFolds(cross, rounds, temperature, weights)
 
 
@@ -249,10 +261,14 @@ def cross_fit_churn(
     max_rounds: int = 2000,
     params: dict[str, Any] | None = None,
     final_seeds: int = 1,
+    calibration_rows: int | None = None,
 ) -> ChurnFolds:
     """:func:`cross_fit_stage` for the binary churn head (``y`` is 1 for churned).
 
-    ``feature_names`` are those of :func:`churn_params`.
+    ``feature_names`` are those of :func:`churn_params`. Platt scaling is fitted on the
+    out-of-fold scores of the first ``calibration_rows`` rows (all by default): the
+    labelled snapshots when earlier ones follow them, so that probabilities are
+    calibrated at the time the model will score.
     """
     p = _one_thread(churn_params(seed, feature_names, params))
     names = _submit_final(final, "churn", p, y_all, max_rounds, final_seeds)
@@ -260,7 +276,9 @@ def cross_fit_churn(
     rounds = cross.rounds_for(max_rounds)
     for name in names:
         final.stop_at(name, rounds)
-    held = cross.held_out
+    held = cross.held_out.copy()
+    if calibration_rows is not None:
+        held[calibration_rows:] = False
     return ChurnFolds(cross, rounds, fit_platt(cross.oof[held], y_fit[held]))
 
 
@@ -454,19 +472,40 @@ def fit_platt(margin: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def tune_decision_weights(
-    proba: np.ndarray, y: np.ndarray, n_classes: int, *, rounds: int = 3
+    proba: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    *,
+    rounds: int = 3,
+    bootstraps: int = 0,
+    seed: int = 0,
 ) -> np.ndarray:
     """Per-class multipliers of ``proba`` whose argmax maximises macro-F1 on ``y``.
 
     Coordinate ascent over a log-spaced grid; starts from all ones (plain argmax) and
     only moves when macro-F1 improves, so it never does worse than argmax on ``y``.
+
+    With ``bootstraps`` > 0 the weights are tuned on that many bootstrap resamples of
+    the rows and their geometric mean is returned: tuned once, they follow the noise of
+    the few examples of a rare stage (which decide its F1) and move the decision far
+    from where a new sample of customers would put it.
     """
+    if bootstraps <= 0:
+        return _tune_weights(proba, np.asarray(y), n_classes, rounds)
+    rng = np.random.default_rng(seed)
+    logs = np.zeros(n_classes)
+    for _ in range(bootstraps):
+        rows = rng.integers(0, len(y), size=len(y))
+        logs += np.log(_tune_weights(proba[rows], np.asarray(y)[rows], n_classes, rounds))
+    weights = np.exp(logs / bootstraps)
+    return weights / weights.max()
+
+
+def _tune_weights(proba: np.ndarray, y: np.ndarray, n_classes: int, rounds: int) -> np.ndarray:
     weights = np.ones(n_classes)
-    labels = np.arange(n_classes)
 
     def score(w: np.ndarray) -> float:
-        pred = np.argmax(proba * w, axis=1)
-        return float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+        return macro_f1(y, np.argmax(proba * w, axis=1), n_classes)
 
     best = score(weights)
     grid = np.exp(np.linspace(-1.5, 1.5, 13))
@@ -482,6 +521,21 @@ def tune_decision_weights(
         if not improved:
             break
     return weights / weights.max()
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Macro-F1 over classes ``0 .. n_classes - 1`` (a class never seen nor predicted: 0).
+
+    What ``sklearn.metrics.f1_score(average="macro", labels=range(n_classes),
+    zero_division=0)`` gives, from one ``bincount``: the weight search calls it
+    thousands of times.
+    """
+    cm = np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes
+    )
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(axis=0) + cm.sum(axis=1)  # 2 tp + fp + fn
+    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
 
 
 # -- baselines --------------------------------------------------------------------------

@@ -23,10 +23,11 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,9 @@ class FinalFits:
     Parameters
     ----------
     X
-        Every labelled row: the final boosters' features.
+        Every labelled row: the final boosters' features. A fit whose targets are
+        shorter than ``X`` uses its first ``len(y)`` rows (the churn head may have
+        more rows than the stage head: earlier snapshots follow the labelled ones).
     names
         The fits to expect, in the order they are submitted (the worker fits them in
         that order, one at a time).
@@ -144,7 +147,8 @@ class FinalFits:
                 name="lifecycle-final-fit",
                 daemon=True,
             )
-            process.start()
+            with _sigint_ignored():  # inherited: the worker ignores Ctrl-C from its start
+                process.start()
         except Exception as exc:  # no way to start one here: fit in this process
             self.fallback = f"the worker process did not start ({type(exc).__name__}: {exc})"
             self._release()
@@ -178,13 +182,16 @@ class FinalFits:
         """Start fitting ``name`` (in the worker: at once, up to ``max_rounds`` rounds)."""
         if name not in self._names or name in self._jobs:
             raise ValueError(f"unexpected or repeated final fit {name!r}")
+        if len(y) > len(self._X):
+            raise ValueError(f"final fit {name!r} has more targets than rows")
         self._jobs[name] = (params, y, max_rounds)
         if self._conn is not None:
             try:
                 # Only a path goes through the pipe: a message larger than the pipe's
-                # buffer (64 KB: the targets of 8,000 rows) blocks until the worker
-                # reads it, and the worker reads the next job only once the current
-                # one has its rounds, which this process sets after submitting.
+                # buffer (a socket pair's, 212 KB on Linux: the targets of about 26,000
+                # rows) blocks until the worker reads it, and the worker reads the next
+                # job only once the current one has its rounds, which this process sets
+                # after submitting.
                 targets = self._spill(y)
                 self._conn.send((name, params, str(targets), max_rounds))
             except OSError as exc:
@@ -208,7 +215,7 @@ class FinalFits:
         if name in self._done:
             return lgb.Booster(model_str=self._done[name])
         params, y, _ = self._jobs[name]
-        return fit_rounds(params, self._X, y, self._rounds[name])
+        return fit_rounds(params, self._X[: len(y)], y, self._rounds[name])
 
     def averaged(self, head: str, seeds: int) -> lgb.Booster:
         """The mean of ``head``'s ``seeds`` final boosters, as one booster.
@@ -278,6 +285,24 @@ class FinalFits:
         self.close()
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while a child process starts, so that it ignores it too.
+
+    Ctrl-C reaches the whole process group; the training process handles it and ends
+    the worker, whose own traceback would only confuse. Only the main thread may set
+    handlers; elsewhere the worker installs the same on its own, a moment later.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _stop_when_told(stops: Any, index: int, parent: int) -> Callable[[Any], None]:
     """A LightGBM callback ending training once ``stops[index]`` rounds are done."""
 
@@ -293,6 +318,8 @@ def _stop_when_told(stops: Any, index: int, parent: int) -> Callable[[Any], None
 
 def _serve(conn: Connection, path: str, stops: Any, names: tuple[str, ...], parent: int) -> None:
     """The worker: fit each submitted booster, keep the rounds it is told, send the text."""
+    # see _sigint_ignored: when the worker was started from another thread
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _fit_jobs(conn, _load(path), stops, names, parent)
 
 
@@ -320,7 +347,7 @@ def _fit_jobs(
             y = np.asarray(_load(targets))
             booster = lgb.train(
                 params,
-                lgb.Dataset(X, label=y, free_raw_data=True),
+                lgb.Dataset(X[: len(y)], label=y, free_raw_data=True),
                 num_boost_round=max_rounds,
                 callbacks=[_stop_when_told(stops, index, parent)],
             )

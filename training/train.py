@@ -43,6 +43,7 @@ from customer_lifecycle.training.labels import (
     Rulebook,
     check_horizon,
     churn_labels,
+    earlier_snapshots,
     load_labels,
     rulebook_for,
 )
@@ -61,6 +62,7 @@ LOGGED_TRAINING_PARAMS = (
     "rounds_stage",
     "rounds_churn",
     "final_seeds",
+    "churn_history_rows",
     "fit_rows",
     "final_fit_rows",
 )
@@ -85,6 +87,7 @@ class TrainConfig:
     value_tiers: tuple[float, ...] = VALUE_TIER_SHARES
     refit_worker: str = "auto"
     final_seeds: int | str = "auto"
+    churn_history: int | str = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.validation_fraction < 1.0:
@@ -96,23 +99,11 @@ class TrainConfig:
             )
         tier_thresholds([1.0], self.value_tiers)  # refuses bad shares in one line
         use_worker(self.refit_worker, 0)  # refuses an unknown mode in one line
-        seeds = self.final_seeds
-        if not (
-            seeds == "auto"
-            or (isinstance(seeds, int) and not isinstance(seeds, bool) and 1 <= seeds <= 10)
-        ):
-            raise ValueError(
-                f"final_seeds must be 'auto' or a whole number from 1 to 10, not {seeds!r}"
-            )
-        folds = self.cv_folds
-        if not (
-            folds == "auto"
-            or (isinstance(folds, int) and not isinstance(folds, bool) and 0 <= folds <= 10)
-        ):
-            raise ValueError(
-                f"cv_folds must be 'auto', 0 (automatic) or a whole number from 1 to 10, "
-                f"not {folds!r}"
-            )
+        _check_count("final_seeds", self.final_seeds, 1, 10)
+        _check_count("churn_history", self.churn_history, 0, 12)
+        _check_count(
+            "cv_folds", self.cv_folds, 0, 10, "'auto', 0 (automatic) or a whole number from 1 to 10"
+        )
 
     def final_seeds_for(self, fit_rows: int, labelled_rows: int) -> int:
         """Final boosters per head, averaged, for ``fit_rows`` fit-set rows out of
@@ -128,6 +119,16 @@ class TrainConfig:
             return AUTO_FINAL_SEEDS
         return 1
 
+    def churn_history_for(self, labelled_rows: int) -> int:
+        """Earlier snapshots per labelled customer in the churn head's training rows.
+
+        ``"auto"``: :data:`AUTO_CHURN_HISTORY` up to the last size with 5 folds
+        (:data:`AUTO_FOLDS`), where labels are few; none above it.
+        """
+        if isinstance(self.churn_history, int):
+            return self.churn_history
+        return AUTO_CHURN_HISTORY if labelled_rows <= AUTO_FOLDS[0][0] else 0
+
     def folds_for(self, fit_rows: int) -> int:
         """Number of customer folds for a fit set of ``fit_rows`` rows.
 
@@ -142,6 +143,17 @@ class TrainConfig:
         return 1
 
 
+def _check_count(name: str, value: object, low: int, high: int, allowed: str = "") -> None:
+    """Refuse, in one line, a setting that is neither ``auto`` nor a whole number in range.
+
+    ``allowed`` words the range in the message (default: from ``low`` to ``high``).
+    """
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not (value == "auto" or (whole and low <= value <= high)):  # type: ignore[operator]
+        allowed = allowed or f"'auto' or a whole number from {low} to {high}"
+        raise ValueError(f"{name} must be {allowed}, not {value!r}")
+
+
 # Automatic fold count by fit-set rows: up to this many rows, this many folds; above the
 # last, a single held-out fold. Every fold costs about one fit of the whole fit set, and
 # "both heads on 100,000 customers in at most 2 minutes" leaves room for few: measured
@@ -152,6 +164,10 @@ AUTO_FOLDS: tuple[tuple[int, int], ...] = ((25_000, 5), (50_000, 3))
 # sampling add (docs/models.md). There, the final fits on every row cost about what the
 # folds cost, and the worker runs them beside the folds; otherwise, one.
 AUTO_FINAL_SEEDS = 3
+# Earlier snapshots per labelled customer for the churn head with churn_history "auto"
+# (docs/models.md#training-data-and-the-split): churn labels come from the log itself, so every
+# horizon of a customer's past is one more example of the same question.
+AUTO_CHURN_HISTORY = 3
 
 
 @dataclass
@@ -281,6 +297,25 @@ def train(
     )
 
     X_fit, X_all = fit_ex.X.to_numpy(), examples.X.to_numpy()
+    # the churn head's rows: the labelled snapshots, then earlier ones of the same customers
+    history = churn_history(events, examples, latent, definition, config)
+    churn_X_fit, churn_y_fit, churn_folds_of = X_fit, fit_ex.churn, folds
+    churn_y_all = examples.churn
+    if history is not None:
+        fold_of = dict(zip(fit_ex.keys[CUSTOMER_ID].astype(str), folds, strict=True))
+        ids = history.keys[CUSTOMER_ID].astype(str)
+        in_fit = ids.isin(fold_of).to_numpy()
+        hist_fit = history.take(in_fit)
+        churn_X_fit = np.vstack([X_fit, hist_fit.X.to_numpy()])
+        churn_y_fit = np.concatenate([fit_ex.churn, hist_fit.churn])
+        churn_folds_of = np.concatenate([folds, ids[in_fit].map(fold_of).to_numpy(np.int64)])
+        churn_y_all = np.concatenate([examples.churn, history.churn])
+        X_all = np.vstack([X_all, history.X.to_numpy()])
+        say(
+            f"churn history: {len(history.churn):,} earlier snapshot(s) of the labelled "
+            f"customers ({config.churn_history_for(len(examples.stage))} per customer, "
+            f"{config.horizon_days} days apart) join the churn head's rows"
+        )
     in_worker = use_worker(config.refit_worker, len(examples.stage))
     seeds = config.final_seeds_for(len(fit_ex.stage), len(examples.stage))
     names = final_names("stage", seeds) + final_names("churn", seeds)
@@ -300,11 +335,12 @@ def train(
             final_seeds=seeds,
         )
         churn_folds = models.cross_fit_churn(
-            X_fit,
-            fit_ex.churn,
-            folds,
-            examples.churn,
+            churn_X_fit,
+            churn_y_fit,
+            churn_folds_of,
+            churn_y_all,
             final,
+            calibration_rows=len(fit_ex.churn),
             seed=config.seed,
             feature_names=list(examples.X.columns),
             max_rounds=config.max_rounds,
@@ -325,6 +361,7 @@ def train(
         "fit_rows": int(len(fit_ex.stage)),
         "validation_rows": int(len(valid_ex.stage)),
         "final_fit_rows": int(len(examples.stage)),
+        "churn_history_rows": 0 if history is None else int(len(history.churn)),
         "latest_as_of": max(examples.keys["as_of"]).isoformat(),
         "validation_model": VALIDATION_MODEL,
     }
@@ -573,6 +610,48 @@ def add_latent_states(
     for name in columns.columns:
         X[name] = columns[name].to_numpy()
     return Examples(examples.keys, X, examples.stage, examples.churn), latent
+
+
+def churn_history(
+    events: pd.DataFrame,
+    examples: Examples,
+    latent: LatentStateFeatures | None,
+    definition: FeatureDefinition,
+    config: TrainConfig,
+) -> Examples | None:
+    """Earlier snapshots of the labelled customers, with features and churn targets.
+
+    :func:`~customer_lifecycle.training.labels.earlier_snapshots`, one churn horizon
+    apart, as many per customer as :meth:`TrainConfig.churn_history_for` says. Churn
+    labels need no CRM: each earlier snapshot asks the churn head's question at an
+    earlier time, and its window closes by the customer's first labelled snapshot.
+    Features see only events before each snapshot, as always. Snapshots before a
+    customer's first event are left out. Their ``stage`` is -1 (no label). ``None``
+    when there are none.
+    """
+    count = config.churn_history_for(len(examples.stage))
+    if count == 0:
+        return None
+    keys = earlier_snapshots(examples.keys, count=count, step_days=config.horizon_days)
+    X = model_features(events, definition=definition, latent=None, snapshots=keys)
+    if latent is not None:
+        columns = latent.transform(events, snapshots=keys)
+        for name in columns.columns:
+            X[name] = columns[name].to_numpy()
+    if list(X.columns) != list(examples.X.columns):
+        raise RuntimeError("earlier snapshots' features differ from the labelled ones'")
+    known = X["count_all_all"].to_numpy() > 0
+    if not known.any():
+        return None
+    churn = churn_labels(
+        events,
+        keys,
+        horizon_days=config.horizon_days,
+        qualifying=config.qualifying,
+        definition=definition,
+    )
+    stage = np.full(len(keys), -1, dtype=np.int64)
+    return Examples(keys, X, stage, churn).take(known)
 
 
 def stage_forecast_matrix(

@@ -560,6 +560,13 @@ def train(
             "(3 from 5,000 labelled rows up to 25,000 fit rows, else 1) or 1 to 10.",
         ),
     ] = "auto",
+    churn_history: Annotated[
+        str,
+        typer.Option(
+            help="Earlier snapshots per labelled customer, one horizon apart, added to the "
+            "churn head's rows: auto (3 up to 25,000 labelled rows, else 0) or 0 to 12.",
+        ),
+    ] = "auto",
 ) -> None:
     """Train the stage and churn heads, log the run to MLflow, print run id and model URI."""
     from customer_lifecycle.simulator import dataset_oracle
@@ -590,6 +597,7 @@ def train(
         cv_folds=_count_or_auto(cv_folds, "--cv-folds"),
         refit_worker=refit_worker.strip().lower(),
         final_seeds=_count_or_auto(final_seeds, "--final-seeds"),
+        churn_history=_count_or_auto(churn_history, "--churn-history", "from 0 to 12"),
     )
     # On a simulated log, score the Bayes-optimal oracle beside the model. Its churn is
     # "no event at all in the horizon", so it only answers --qualifying any.
@@ -628,16 +636,14 @@ def train(
     typer.echo(f"model URI: {result.model_uri}")
 
 
-def _count_or_auto(text: str, option: str) -> int | str:
+def _count_or_auto(text: str, option: str, span: str = "from 1 to 10") -> int | str:
     """``auto`` or a whole number (TrainConfig checks its range)."""
     if text.strip().lower() == "auto":
         return "auto"
     try:
         return int(text)
     except ValueError:
-        raise ValueError(
-            f"{option} must be auto or a whole number from 1 to 10, not {text!r}"
-        ) from None
+        raise ValueError(f"{option} must be auto or a whole number {span}, not {text!r}") from None
 
 
 def _tier_shares(text: str) -> tuple[float, ...]:

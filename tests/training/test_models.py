@@ -200,3 +200,48 @@ def test_out_of_fold_calibration_improves_held_out_log_loss() -> None:
     margin = np.asarray(churn.booster.predict(X_new, raw_score=True))
     a, b = churn.platt
     assert log_loss(churn_new, sigmoid(a * margin + b)) < log_loss(churn_new, sigmoid(margin))
+
+
+# -- stage decision weights ---------------------------------------------------------------
+
+
+def test_fast_macro_f1_is_sklearns() -> None:
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    for k, n in ((2, 50), (5, 3000), (6, 7)):  # binary; many rows; classes never seen
+        y, pred = rng.integers(0, k, n), rng.integers(0, k, n)
+        pred[: n // 3] = y[: n // 3]
+        expected = f1_score(y, pred, labels=np.arange(k), average="macro", zero_division=0)
+        assert models.macro_f1(y, pred, k) == pytest.approx(expected, abs=1e-12)
+
+
+def _rare_class_sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities of 3 stages, one rare (3%), and labels drawn from them."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, 3)) * 1.5 + np.log([0.6, 0.37, 0.03])
+    proba = softmax(logits)
+    y = np.array([rng.choice(3, p=p) for p in proba])
+    return proba, y
+
+
+def test_bootstrapped_weights_generalise_at_least_as_well() -> None:
+    # weights tuned on 1,500 rows, judged on 60,000 fresh rows of the same population:
+    # bagging the tuning must not be worse on average, and its weights move less
+    fresh_p, fresh_y = _rare_class_sample(60_000, seed=99)
+    once, bagged, spread_once, spread_bagged = [], [], [], []
+    for seed in range(6):
+        proba, y = _rare_class_sample(1_500, seed)
+        w1 = models.tune_decision_weights(proba, y, 3)
+        wb = models.tune_decision_weights(proba, y, 3, bootstraps=15, seed=seed)
+        assert wb.max() == pytest.approx(1.0) and (wb > 0).all()
+        once.append(models.macro_f1(fresh_y, np.argmax(fresh_p * w1, axis=1), 3))
+        bagged.append(models.macro_f1(fresh_y, np.argmax(fresh_p * wb, axis=1), 3))
+        spread_once.append(np.ptp(np.log(w1)))
+        spread_bagged.append(np.ptp(np.log(wb)))
+    assert np.mean(bagged) >= np.mean(once) - 0.002
+    assert np.mean(spread_bagged) < np.mean(spread_once)
+    # seeded: the same weights twice
+    proba, y = _rare_class_sample(500, 0)
+    a = models.tune_decision_weights(proba, y, 3, bootstraps=5, seed=3)
+    assert np.array_equal(a, models.tune_decision_weights(proba, y, 3, bootstraps=5, seed=3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -243,3 +244,39 @@ def test_finished_fits_never_wait_to_be_asked_for() -> None:
         assert len(sizes) == 3 and min(sizes) > 300_000, sizes
         merged = final.averaged("churn", 3)
     assert final.fallback is None and merged.num_trees() == 900
+
+
+def test_ctrl_c_is_left_to_the_training_process() -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the worker must not die of
+    # it with a traceback of its own: the training process decides (and ends it)
+    X, y = _problem(classes=2)
+    binary = {**PARAMS, "objective": "binary"}
+    with FinalFits(X, ("churn",), parallel=True) as final:
+        final.submit("churn", binary, y, 2000)
+        time.sleep(0.2)
+        os.kill(final._process.pid, signal.SIGINT)
+        final.stop_at("churn", 50)
+        booster = final.booster("churn")
+    assert final.fallback is None  # the worker lived on and sent its booster
+    assert _same(booster, fit_rounds(binary, X, y, 50), X)
+
+
+def test_fits_with_fewer_targets_use_the_first_rows() -> None:
+    # the churn head may have more rows than the stage head (earlier snapshots follow
+    # the labelled rows): each fit uses the first len(y) rows of X
+    X, y3 = _problem(n=4000)
+    y2 = (y3 > 0).astype(int)
+    multi = {**PARAMS, "objective": "multiclass", "num_class": 3}
+    binary = {**PARAMS, "objective": "binary"}
+    for parallel in (True, False):
+        with FinalFits(X, ("stage", "churn"), parallel=parallel) as final:
+            final.submit("stage", multi, y3[:2500], 300)
+            final.submit("churn", binary, y2, 300)
+            final.stop_at("stage", 20)
+            final.stop_at("churn", 30)
+            stage, churn = final.booster("stage"), final.booster("churn")
+            with pytest.raises(ValueError, match="more targets than rows"):
+                FinalFits(X[:10], ("x",), parallel=False).submit("x", binary, y2, 5)
+        assert final.fallback is None
+        assert _same(stage, fit_rounds(multi, X[:2500], y3[:2500], 20), X)
+        assert _same(churn, fit_rounds(binary, X, y2, 30), X)

@@ -122,7 +122,12 @@ def test_registered_model_saw_every_row_validation_model_only_the_fit_set(
     assert training["final_seeds"] == 3
     assert bundle.stage_booster.num_trees() == training["rounds_stage"] * len(bundle.stages) * 3
     assert bundle.churn_booster.num_trees() == training["rounds_churn"] * 3
+    # the churn booster also saw the earlier snapshots of every labelled customer
+    assert 0 < training["churn_history_rows"] <= 3 * training["final_fit_rows"]
+    churn_rows = training["final_fit_rows"] + training["churn_history_rows"]
     tree = bundle.churn_booster.dump_model()["tree_info"][0]["tree_structure"]
+    assert tree["internal_count"] == pytest.approx(0.8 * churn_rows, rel=0.03)
+    tree = bundle.stage_booster.dump_model()["tree_info"][0]["tree_structure"]
     assert tree["internal_count"] == pytest.approx(0.8 * training["final_fit_rows"], rel=0.03)
     params = MlflowClient().get_run(result.run_id).data.params
     assert params["final_fit_rows"] == str(training["final_fit_rows"])

@@ -369,6 +369,21 @@ def test_a_log_without_purchases_trains_without_a_value_model(
 
 
 @pytest.mark.parametrize(
+    "count",
+    [
+        "some",  # not a number
+        "13",  # beyond 12
+    ],
+)
+def test_the_cli_refuses_bad_churn_history_in_one_line(sim: Path, count: str) -> None:
+    args = ["train", "--events", str(sim / "events.parquet"), "--labels", str(sim / "labels.csv")]
+    result = CliRunner().invoke(app, [*args, "--churn-history", count])
+    assert result.exit_code == 2
+    assert "churn" in result.output and "whole number from 0 to 12" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
     "folds",
     [
         "three",  # not a number

@@ -186,7 +186,7 @@ def calibrate_stage(
 
 # Bootstrap resamples the stage decision weights are tuned on (docs/models.md#the-two-heads):
 # tuned once on the out-of-fold rows, they chased the noise of a rare stage's few rows.
-DECISION_BOOTSTRAPS = 0
+DECISION_BOOTSTRAPS = 50
 
 
 @dataclass

@@ -221,7 +221,7 @@ def _rare_class_sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     logits = rng.normal(size=(n, 3)) * 1.5 + np.log([0.6, 0.37, 0.03])
     proba = softmax(logits)
-    y = np.array([rng.choice(3, p=p) for p in proba])
+    y = (rng.random((n, 1)) > np.cumsum(proba, axis=1)).sum(axis=1)  # one draw per row
     return proba, y
 
 
@@ -245,3 +245,19 @@ def test_bootstrapped_weights_generalise_at_least_as_well() -> None:
     proba, y = _rare_class_sample(500, 0)
     a = models.tune_decision_weights(proba, y, 3, bootstraps=5, seed=3)
     assert np.array_equal(a, models.tune_decision_weights(proba, y, 3, bootstraps=5, seed=3))
+
+
+def test_calibration_bags_the_weights_only_where_rows_are_few() -> None:
+    for n, bagged in ((2_000, True), (models.BOOTSTRAP_MAX_ROWS + 1, False)):
+        proba, y = _rare_class_sample(n, seed=7)
+        logits = np.log(proba)
+        temperature, weights = models.calibrate_stage(logits, y, 3, seed=5)
+        p = softmax(logits / temperature)
+        once = models.tune_decision_weights(p, y, 3)
+        expected = (
+            models.tune_decision_weights(p, y, 3, bootstraps=models.DECISION_BOOTSTRAPS, seed=5)
+            if bagged
+            else once
+        )
+        assert np.array_equal(weights, expected)
+        assert not bagged or not np.array_equal(weights, once)

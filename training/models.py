@@ -508,21 +508,29 @@ def tune_decision_weights(
 
 def _tune_weights(proba: np.ndarray, y: np.ndarray, n_classes: int, rounds: int) -> np.ndarray:
     weights = np.ones(n_classes)
-
-    def score(w: np.ndarray) -> float:
-        return macro_f1(y, np.argmax(proba * w, axis=1), n_classes)
-
-    best = score(weights)
+    best = macro_f1(y, np.argmax(proba, axis=1), n_classes)
     grid = np.exp(np.linspace(-1.5, 1.5, 13))
     for _ in range(rounds):
         improved = False
         for k in range(n_classes):
+            # Only class k's weight moves in this sweep: the best of the other classes
+            # per row is fixed, and a row goes to k where k's weighted score beats it
+            # (ties to the lower index, as argmax breaks them): the argmax of
+            # proba * trial, without recomputing it for every trial.
+            others = proba * weights
+            others[:, k] = -np.inf
+            other = np.argmax(others, axis=1)
+            top = others[np.arange(len(other)), other]
+            tie = np.minimum(other, k)
             for g in grid:
-                trial = weights.copy()
-                trial[k] = weights[k] * g
-                s = score(trial)
+                w_k = weights[k] * g
+                score_k = proba[:, k] * w_k
+                pred = np.where(score_k > top, k, np.where(score_k == top, tie, other))
+                s = macro_f1(y, pred, n_classes)
                 if s > best + 1e-9:
-                    best, weights, improved = s, trial, True
+                    best, improved = s, True
+                    weights = weights.copy()
+                    weights[k] = w_k
         if not improved:
             break
     return weights / weights.max()

@@ -261,3 +261,36 @@ def test_calibration_bags_the_weights_only_where_rows_are_few() -> None:
         )
         assert np.array_equal(weights, expected)
         assert not bagged or not np.array_equal(weights, once)
+
+
+def _tune_weights_plainly(proba: np.ndarray, y: np.ndarray, k: int, rounds: int = 3) -> np.ndarray:
+    """The coordinate ascent written the obvious way: argmax of proba * trial each time."""
+    weights = np.ones(k)
+
+    def score(w: np.ndarray) -> float:
+        return models.macro_f1(y, np.argmax(proba * w, axis=1), k)
+
+    best = score(weights)
+    for _ in range(rounds):
+        improved = False
+        for c in range(k):
+            for g in np.exp(np.linspace(-1.5, 1.5, 13)):
+                trial = weights.copy()
+                trial[c] = weights[c] * g
+                s = score(trial)
+                if s > best + 1e-9:
+                    best, weights, improved = s, trial, True
+        if not improved:
+            break
+    return weights / weights.max()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_weight_search_is_the_plain_one(seed: int) -> None:
+    # the search skips recomputing the argmax per trial; it must find the same weights
+    proba, y = _rare_class_sample(3_000, seed)
+    if seed == 3:  # coarse probabilities: many rows tie exactly between classes
+        proba = np.round(proba * 4) / 4 + 1e-3  # many rows tie between two classes
+    assert np.array_equal(
+        models.tune_decision_weights(proba, y, 3), _tune_weights_plainly(proba, y, 3)
+    )

@@ -180,7 +180,7 @@ def test_second_version_is_promoted_only_if_better(store: Path, sim: Path, train
         sim / "events.parquet",
         labels_path=sim / "labels.csv",
         # neither the latent model nor cross-fitting is under test here: the cheapest run
-        config=TrainConfig(seed=1, max_rounds=1, cv_folds=2, latent_states=False),
+        config=TrainConfig(seed=1, max_rounds=1, cv_folds=2, latent_states=False, churn_history=0),
         register="lifecycle-test",
         promote_if_better=True,
         say=lambda _: None,
@@ -196,7 +196,7 @@ def test_training_alone_logs_no_oracle(store: Path, sim: Path) -> None:
     m = train(
         sim / "events.parquet",
         labels_path=sim / "labels.csv",
-        config=TrainConfig(seed=1, max_rounds=1, cv_folds=2, latent_states=False),
+        config=TrainConfig(seed=1, max_rounds=1, cv_folds=2, latent_states=False, churn_history=0),
         say=lambda _: None,
     ).metrics
     assert "valid_stage_macro_f1" in m
@@ -239,7 +239,9 @@ def test_final_fits_in_a_worker_are_the_ones_fitted_here(
 def test_cli_train_on_simulated_data_logs_the_oracle(store: Path, sim: Path) -> None:
     # the command line is where the simulator's oracle meets training
     args = ["train", "--events", str(sim / "events.parquet"), "--labels", str(sim / "labels.csv")]
-    result = CliRunner().invoke(app, [*args, "--experiment", "cli-oracle", "--cv-folds", "2"])
+    # folds and churn history are not under test here: the cheaper run
+    cheap = ["--cv-folds", "2", "--churn-history", "0"]
+    result = CliRunner().invoke(app, [*args, "--experiment", "cli-oracle", *cheap])
     assert result.exit_code == 0, result.output
     assert "oracle:     stage macro-F1" in result.stdout
     run_id = result.stdout.split("run id: ")[1].split()[0]

@@ -567,13 +567,7 @@ def build_examples(
             f"no labelled customer has events before its as_of (e.g. {example!r}): "
             "do the label file's customer ids match the event log's?"
         )
-    churn = churn_labels(
-        events,
-        keys,
-        horizon_days=config.horizon_days,
-        qualifying=config.qualifying,
-        definition=definition,
-    )
+    churn = churn_targets(events, keys, config, definition)
     stage = np.array([taxonomy.stages.index(s) for s in labels["stage"]], dtype=np.int64)
     ex = Examples(keys, X, stage, churn)
     return ex.take(known), int((~known).sum())
@@ -612,6 +606,20 @@ def add_latent_states(
     return Examples(examples.keys, X, examples.stage, examples.churn), latent
 
 
+def churn_targets(
+    events: pd.DataFrame, keys: pd.DataFrame, config: TrainConfig, definition: FeatureDefinition
+) -> np.ndarray:
+    """:func:`~customer_lifecycle.training.labels.churn_labels` with the run's horizon
+    and qualifying activity."""
+    return churn_labels(
+        events,
+        keys,
+        horizon_days=config.horizon_days,
+        qualifying=config.qualifying,
+        definition=definition,
+    )
+
+
 def churn_history(
     events: pd.DataFrame,
     examples: Examples,
@@ -643,13 +651,7 @@ def churn_history(
     known = X["count_all_all"].to_numpy() > 0
     if not known.any():
         return None
-    churn = churn_labels(
-        events,
-        keys,
-        horizon_days=config.horizon_days,
-        qualifying=config.qualifying,
-        definition=definition,
-    )
+    churn = churn_targets(events, keys, config, definition)
     stage = np.full(len(keys), -1, dtype=np.int64)
     return Examples(keys, X, stage, churn).take(known)
 

@@ -493,7 +493,8 @@ def tune_decision_weights(
     With ``bootstraps`` > 0 the weights are tuned on that many bootstrap resamples of
     the rows and their geometric mean is returned: tuned once, they follow the noise of
     the few examples of a rare stage (which decide its F1) and move the decision far
-    from where a new sample of customers would put it.
+    from where a new sample of customers would put it. Each tuning never does worse
+    than argmax on its resample; their mean carries no such promise on ``y`` itself.
     """
     if bootstraps <= 0:
         return _tune_weights(proba, np.asarray(y), n_classes, rounds)

@@ -44,8 +44,10 @@ lint: install-test
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Two workers, a test file each at a time (module fixtures are built once): much of the
+# suite waits on servers, subprocesses and sockets. `.venv/bin/pytest` alone runs serially.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache

@@ -18,7 +18,6 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 from customer_lifecycle.features.definition import load_definition
@@ -37,6 +36,7 @@ from typer.testing import CliRunner
 
 from customer_lifecycle.cli import app
 from tests.serving.support import AUTH, busy_customers, customer_payload, settings
+from tests.tracking import tracking_store
 
 AS_OF = "2024-12-31"
 THREE = ("new", "returning", "loyal")
@@ -77,12 +77,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh SQLite tracking store that MLFLOW_TRACKING_URI points at."""
     root = tmp_path_factory.mktemp("taxonomies")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.chdir(root)  # artifacts land here, not in the repository
-    mlflow.set_tracking_uri(uri)
-    yield root
-    mp.undo()
+    with pytest.MonkeyPatch.context() as mp, tracking_store(uri):
+        mp.chdir(root)  # artifacts land here, not in the repository
+        yield root
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from customer_lifecycle.scoring.pyfunc import load_bundle
 from customer_lifecycle.simulator import write_dataset
 from customer_lifecycle.training.train import TrainConfig, train
 
+from tests.tracking import tracking_store
+
 AS_OF = "2024-12-31"
 NAME = "loading-test"
 
@@ -37,31 +39,28 @@ def registry(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
     data = root / "data"
     write_dataset(data, customers=800, seed=3, as_of=[AS_OF])
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.chdir(root)
-    mlflow.set_tracking_uri(uri)
-    mlflow.create_experiment("lifecycle", artifact_location=(root / "artifacts").as_uri())
-    quiet: Callable[[str], None] = lambda _: None  # noqa: E731
-    result = train(
-        data / "events.parquet",
-        labels_path=data / "labels.csv",
-        config=TrainConfig(max_rounds=10, seed=1, cv_folds=2),  # plumbing: few folds
-        register=NAME,
-        promote_if_better=True,
-        say=quiet,
-    )
-    (mlmodel,) = (root / "artifacts").rglob("MLmodel")
-    model_dir = mlmodel.parent
-    marker = root / "model-code-ran"
-    for code in model_dir.rglob("*.py"):
-        code.write_text(
-            f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
-            "raise SystemExit('model code must not run')\n"
+    with pytest.MonkeyPatch.context() as mp, tracking_store(uri):
+        mp.chdir(root)
+        mlflow.create_experiment("lifecycle", artifact_location=(root / "artifacts").as_uri())
+        quiet: Callable[[str], None] = lambda _: None  # noqa: E731
+        result = train(
+            data / "events.parquet",
+            labels_path=data / "labels.csv",
+            config=TrainConfig(max_rounds=10, seed=1, cv_folds=2),  # plumbing: few folds
+            register=NAME,
+            promote_if_better=True,
+            say=quiet,
         )
-    events, _ = load_events(data / "events.parquet")
-    yield root, model_dir, marker, result.run_id, events
-    mp.undo()
+        (mlmodel,) = (root / "artifacts").rglob("MLmodel")
+        model_dir = mlmodel.parent
+        marker = root / "model-code-ran"
+        for code in model_dir.rglob("*.py"):
+            code.write_text(
+                f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+                "raise SystemExit('model code must not run')\n"
+            )
+        events, _ = load_events(data / "events.parquet")
+        yield root, model_dir, marker, result.run_id, events
 
 
 @pytest.mark.parametrize(

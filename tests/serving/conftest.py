@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from tests.serving.support import AS_OF, NAME, Trained, settings
+from tests.tracking import tracking_store
 
 
 @pytest.fixture(scope="session")
@@ -34,34 +35,32 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     data = root / "data"
     write_dataset(data, customers=1500, seed=7, as_of=[AS_OF])
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.create_experiment("lifecycle", artifact_location=(root / "artifacts").as_uri())
-    quiet: Callable[[str], None] = lambda _: None  # noqa: E731
-    with pytest.MonkeyPatch.context() as cwd:
-        cwd.chdir(root)
-        train(
-            data / "events.parquet",
-            labels_path=data / "labels.csv",
-            config=TrainConfig(max_rounds=40, seed=1, cv_folds=2),
-            register=NAME,
-            promote_if_better=True,
-            say=quiet,
-        )
-        train(
-            data / "events.parquet",
-            labels_path=data / "labels.csv",
-            config=TrainConfig(max_rounds=15, seed=2, cv_folds=2, lgb_params={"num_leaves": 7}),
-            register=NAME,
-            promote_if_better=False,
-            say=quiet,
-        )
-    v1 = load_bundle(f"models:/{NAME}/1").save(root / "bundle-v1")
-    v2 = load_bundle(f"models:/{NAME}/2").save(root / "bundle-v2")
-    events, _ = load_events(data / "events.parquet")
-    yield Trained(root, uri, NAME, v1, v2, events, AS_OF)
-    mp.undo()
+    # the serving tests' default store for the whole session
+    with tracking_store(uri):
+        mlflow.create_experiment("lifecycle", artifact_location=(root / "artifacts").as_uri())
+        quiet: Callable[[str], None] = lambda _: None  # noqa: E731
+        with pytest.MonkeyPatch.context() as cwd:
+            cwd.chdir(root)
+            train(
+                data / "events.parquet",
+                labels_path=data / "labels.csv",
+                config=TrainConfig(max_rounds=40, seed=1, cv_folds=2),
+                register=NAME,
+                promote_if_better=True,
+                say=quiet,
+            )
+            train(
+                data / "events.parquet",
+                labels_path=data / "labels.csv",
+                config=TrainConfig(max_rounds=15, seed=2, cv_folds=2, lgb_params={"num_leaves": 7}),
+                register=NAME,
+                promote_if_better=False,
+                say=quiet,
+            )
+        v1 = load_bundle(f"models:/{NAME}/1").save(root / "bundle-v1")
+        v2 = load_bundle(f"models:/{NAME}/2").save(root / "bundle-v2")
+        events, _ = load_events(data / "events.parquet")
+        yield Trained(root, uri, NAME, v1, v2, events, AS_OF)
 
 
 @pytest.fixture
@@ -120,9 +119,11 @@ def register_version(trained: Trained, tmp_path: Path) -> Register:
         if copy_of is None:
             source = (tmp_path / f"missing-{next(_copies)}").as_uri()
             return str(client.create_model_version(name, source=source).version)
+        # the version's storage location through this client: a models:/ URI would be
+        # resolved against the process's registry URI, which other tests may have set
         local = Path(
             mlflow.artifacts.download_artifacts(
-                f"models:/{trained.name}/{copy_of}",
+                artifact_uri=client.get_model_version_download_uri(trained.name, copy_of),
                 dst_path=str(tmp_path / f"copy-{next(_copies)}"),
                 tracking_uri=trained.tracking_uri,
             )

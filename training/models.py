@@ -134,7 +134,13 @@ def churn_params(
 
 
 def cross_fit(
-    params: dict[str, Any], X: np.ndarray, y: np.ndarray, folds: np.ndarray, max_rounds: int
+    params: dict[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    max_rounds: int,
+    *,
+    min_delta: float = 0.0,
 ) -> CrossFit:
     """One booster per fold, trained on the other rows and early-stopped on the fold.
 
@@ -148,13 +154,16 @@ def cross_fit(
         Fold index per row from :func:`customer_folds` (``-1``: never held out).
     max_rounds
         Upper bound on every booster's rounds.
+    min_delta
+        A fold's booster stops when 50 rounds in a row lowered its held-out loss by no
+        more than this in all (``0``: by nothing).
     """
     n_out = int(params.get("num_class", 1))
     oof = np.full((len(y), n_out) if n_out > 1 else len(y), np.nan)
     boosters, best, rows = [], [], []
     for k in np.unique(folds[folds >= 0]):
         held = folds == k
-        booster = _train(params, X[~held], y[~held], X[held], y[held], max_rounds)
+        booster = _train(params, X[~held], y[~held], X[held], y[held], max_rounds, min_delta)
         raw = np.asarray(booster.predict(X[held], raw_score=True), dtype=np.float64)
         oof[held] = raw.reshape(int(held.sum()), n_out) if n_out > 1 else raw
         boosters.append(booster)
@@ -215,6 +224,12 @@ class ChurnHead:
     rounds: int
 
 
+# Rulebook labels are a function of the features, so the stage head's held-out loss
+# keeps falling towards zero and it would train to max_rounds: it stops once 50 rounds
+# gain less than this in multi-class log loss (CDNOW: ~250 rounds instead of 2,000).
+RULEBOOK_MIN_DELTA = 1e-4
+
+
 def cross_fit_stage(
     X_fit: np.ndarray,
     y_fit: np.ndarray,
@@ -227,6 +242,7 @@ def cross_fit_stage(
     max_rounds: int = 2000,
     params: dict[str, Any] | None = None,
     final_seeds: int = 1,
+    min_delta: float = 0.0,
 ) -> StageFolds:
     """Submit the stage head's final fit to ``final``, then cross-fit and calibrate it.
 
@@ -242,10 +258,13 @@ def cross_fit_stage(
         Final fits submitted (``stage/0``, ``stage/1``, ...), each with its own seed
         (bagging and feature sampling), all for the rounds chosen here; the head's
         booster is their average (``final.averaged("stage", final_seeds)``).
+    min_delta
+        Early stopping's tolerance (:func:`cross_fit`): :data:`RULEBOOK_MIN_DELTA` for
+        rulebook labels.
     """
     p = _one_thread(stage_params(n_classes, seed, params))
     names = _submit_final(final, "stage", p, y_all, max_rounds, final_seeds)
-    cross = cross_fit(p, X_fit, y_fit, folds, max_rounds)
+    cross = cross_fit(p, X_fit, y_fit, folds, max_rounds, min_delta=min_delta)
     rounds = cross.rounds_for(max_rounds)
     for name in names:
         final.stop_at(name, rounds)
@@ -438,6 +457,7 @@ def _train(
     X_cal: np.ndarray,
     y_cal: np.ndarray,
     max_rounds: int,
+    min_delta: float = 0.0,
 ) -> lgb.Booster:
     train = lgb.Dataset(X_train, label=y_train, free_raw_data=True)
     valid = lgb.Dataset(X_cal, label=y_cal, reference=train)
@@ -446,7 +466,7 @@ def _train(
         train,
         num_boost_round=max_rounds,
         valid_sets=[valid],
-        callbacks=[lgb.early_stopping(50, verbose=False)],
+        callbacks=[lgb.early_stopping(50, verbose=False, min_delta=min_delta)],
     )
 
 

@@ -333,6 +333,7 @@ def train(
             max_rounds=config.max_rounds,
             params=config.lgb_params,
             final_seeds=seeds,
+            min_delta=models.RULEBOOK_MIN_DELTA if labels_path is None else 0.0,
         )
         churn_folds = models.cross_fit_churn(
             churn_X_fit,

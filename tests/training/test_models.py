@@ -166,6 +166,22 @@ def test_refit_rounds_are_the_folds_mean_best_iteration_within_max_rounds() -> N
     assert cross.rounds_for(1) == 1
 
 
+def test_rulebook_tolerance_stops_a_head_whose_held_out_loss_only_creeps_down() -> None:
+    # labels a rule of a count, as rulebook labels are: the held-out loss falls towards
+    # zero by ever less, so without a tolerance every fold runs on to max_rounds
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(1200, 3))
+    X[:, 0] = rng.integers(0, 6, len(X))
+    y = (X[:, 0] >= 2).astype(int) + (X[:, 0] >= 4).astype(int)
+    folds = models.customer_folds(np.arange(len(y)), 3, seed=0)
+    params = models.stage_params(3, 0)
+    plain = models.cross_fit(params, X, y, folds, 500)
+    tolerant = models.cross_fit(params, X, y, folds, 500, min_delta=models.RULEBOOK_MIN_DELTA)
+    assert plain.best_iterations == [500] * 3
+    assert max(tolerant.best_iterations) < 350
+    assert (tolerant.oof.argmax(axis=1) == y).all()  # the rule is learnt all the same
+
+
 def _noisy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Three classes from two features with much label noise: easy to overfit."""
     rng = np.random.default_rng(seed)

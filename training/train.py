@@ -88,6 +88,7 @@ class TrainConfig:
     refit_worker: str = "auto"
     final_seeds: int | str = "auto"
     churn_history: int | str = "auto"
+    churn_history_step_days: int | str = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.validation_fraction < 1.0:
@@ -101,6 +102,7 @@ class TrainConfig:
         use_worker(self.refit_worker, 0)  # refuses an unknown mode in one line
         _check_count("final_seeds", self.final_seeds, 1, 10)
         _check_count("churn_history", self.churn_history, 0, 12)
+        _check_count("churn_history_step_days", self.churn_history_step_days, 1, 3650)
         _check_count(
             "cv_folds", self.cv_folds, 0, 10, "'auto', 0 (automatic) or a whole number from 1 to 10"
         )
@@ -128,6 +130,13 @@ class TrainConfig:
         if isinstance(self.churn_history, int):
             return self.churn_history
         return AUTO_CHURN_HISTORY if labelled_rows <= AUTO_FOLDS[0][0] else 0
+
+    def churn_history_step(self) -> int:
+        """Days between a customer's earlier snapshots (``"auto"``: one churn horizon,
+        so that their windows do not overlap)."""
+        if isinstance(self.churn_history_step_days, int):
+            return self.churn_history_step_days
+        return self.horizon_days
 
     def folds_for(self, fit_rows: int) -> int:
         """Number of customer folds for a fit set of ``fit_rows`` rows.
@@ -165,8 +174,10 @@ AUTO_FOLDS: tuple[tuple[int, int], ...] = ((25_000, 5), (50_000, 3))
 # folds cost, and the worker runs them beside the folds; otherwise, one.
 AUTO_FINAL_SEEDS = 3
 # Earlier snapshots per labelled customer for the churn head with churn_history "auto"
-# (docs/models.md#training-data-and-the-split): churn labels come from the log itself, so every
-# horizon of a customer's past is one more example of the same question.
+# (docs/models.md#training-data-and-the-split): churn labels come from the log itself, so
+# every horizon of a customer's past is one more example of the same question. Twelve a
+# third of a horizon apart, or six half a horizon apart, did no better on the scenario
+# family's worst case (docs/scale.md#quality).
 AUTO_CHURN_HISTORY = 3
 
 
@@ -296,25 +307,16 @@ def train(
         f"{len(examples.stage):,}"
     )
 
-    X_fit, X_all = fit_ex.X.to_numpy(), examples.X.to_numpy()
-    # the churn head's rows: the labelled snapshots, then earlier ones of the same customers
+    X_fit = fit_ex.X.to_numpy()
     history = churn_history(events, examples, latent, definition, config)
-    churn_X_fit, churn_y_fit, churn_folds_of = X_fit, fit_ex.churn, folds
-    churn_y_all = examples.churn
+    churn = ChurnRows.of(fit_ex, folds, examples, history)
+    # the final fits' matrix: every labelled row, then the earlier snapshots (churn only)
+    X_all = examples.X.to_numpy() if history is None else np.vstack([examples.X, history.X])
     if history is not None:
-        fold_of = dict(zip(fit_ex.keys[CUSTOMER_ID].astype(str), folds, strict=True))
-        ids = history.keys[CUSTOMER_ID].astype(str)
-        in_fit = ids.isin(fold_of).to_numpy()
-        hist_fit = history.take(in_fit)
-        churn_X_fit = np.vstack([X_fit, hist_fit.X.to_numpy()])
-        churn_y_fit = np.concatenate([fit_ex.churn, hist_fit.churn])
-        churn_folds_of = np.concatenate([folds, ids[in_fit].map(fold_of).to_numpy(np.int64)])
-        churn_y_all = np.concatenate([examples.churn, history.churn])
-        X_all = np.vstack([X_all, history.X.to_numpy()])
         say(
             f"churn history: {len(history.churn):,} earlier snapshot(s) of the labelled "
             f"customers ({config.churn_history_for(len(examples.stage))} per customer, "
-            f"{config.horizon_days} days apart) join the churn head's rows"
+            f"{config.churn_history_step()} days apart) join the churn head's rows"
         )
     in_worker = use_worker(config.refit_worker, len(examples.stage))
     seeds = config.final_seeds_for(len(fit_ex.stage), len(examples.stage))
@@ -336,10 +338,10 @@ def train(
             min_delta=models.RULEBOOK_MIN_DELTA if labels_path is None else 0.0,
         )
         churn_folds = models.cross_fit_churn(
-            churn_X_fit,
-            churn_y_fit,
-            churn_folds_of,
-            churn_y_all,
+            churn.X_fit,
+            churn.y_fit,
+            churn.folds,
+            churn.y_all,
             final,
             calibration_rows=len(fit_ex.churn),
             seed=config.seed,
@@ -641,7 +643,7 @@ def churn_history(
     count = config.churn_history_for(len(examples.stage))
     if count == 0:
         return None
-    keys = earlier_snapshots(examples.keys, count=count, step_days=config.horizon_days)
+    keys = earlier_snapshots(examples.keys, count=count, step_days=config.churn_history_step())
     X = model_features(events, definition=definition, latent=None, snapshots=keys)
     if latent is not None:
         columns = latent.transform(events, snapshots=keys)
@@ -655,6 +657,37 @@ def churn_history(
     churn = churn_targets(events, keys, config, definition)
     stage = np.full(len(keys), -1, dtype=np.int64)
     return Examples(keys, X, stage, churn).take(known)
+
+
+@dataclass(frozen=True)
+class ChurnRows:
+    """The churn head's rows: the labelled snapshots, then earlier ones of the same
+    customers (:func:`churn_history`), which follow their customer's fold."""
+
+    X_fit: np.ndarray
+    y_fit: np.ndarray
+    folds: np.ndarray
+    y_all: np.ndarray  # every labelled row's target, then every earlier snapshot's
+
+    @classmethod
+    def of(
+        cls, fit_ex: Examples, folds: np.ndarray, examples: Examples, history: Examples | None
+    ) -> ChurnRows:
+        """``history``'s snapshots of fit customers join the fit rows in their fold;
+        those of validation customers only ``y_all`` (the final fit)."""
+        X_fit = fit_ex.X.to_numpy()
+        if history is None:
+            return cls(X_fit, fit_ex.churn, folds, examples.churn)
+        fold_of = dict(zip(fit_ex.keys[CUSTOMER_ID].astype(str), folds, strict=True))
+        ids = history.keys[CUSTOMER_ID].astype(str)
+        in_fit = ids.isin(fold_of).to_numpy()
+        hist_fit = history.take(in_fit)
+        return cls(
+            np.vstack([X_fit, hist_fit.X.to_numpy()]),
+            np.concatenate([fit_ex.churn, hist_fit.churn]),
+            np.concatenate([folds, ids[in_fit].map(fold_of).to_numpy(np.int64)]),
+            np.concatenate([examples.churn, history.churn]),
+        )
 
 
 def stage_forecast_matrix(

@@ -563,8 +563,15 @@ def train(
     churn_history: Annotated[
         str,
         typer.Option(
-            help="Earlier snapshots per labelled customer, one horizon apart, added to the "
-            "churn head's rows: auto (3 up to 25,000 labelled rows, else 0) or 0 to 12.",
+            help="Earlier snapshots per labelled customer added to the churn head's rows: "
+            "auto (3 up to 25,000 labelled rows, else 0) or 0 to 12.",
+        ),
+    ] = "auto",
+    churn_history_step_days: Annotated[
+        str,
+        typer.Option(
+            help="Days between those earlier snapshots: auto (one horizon: their churn "
+            "windows do not overlap) or 1 to 3650.",
         ),
     ] = "auto",
 ) -> None:
@@ -598,6 +605,9 @@ def train(
         refit_worker=refit_worker.strip().lower(),
         final_seeds=_count_or_auto(final_seeds, "--final-seeds"),
         churn_history=_count_or_auto(churn_history, "--churn-history", "from 0 to 12"),
+        churn_history_step_days=_count_or_auto(
+            churn_history_step_days, "--churn-history-step-days", "from 1 to 3650"
+        ),
     )
     # On a simulated log, score the Bayes-optimal oracle beside the model. Its churn is
     # "no event at all in the horizon", so it only answers --qualifying any.

@@ -74,6 +74,14 @@ def test_history_rows_see_only_their_past_and_their_own_window() -> None:
     assert history.churn.tolist() == [1, 0, 0]
     assert (history.stage == -1).all()
     assert list(history.X.columns) == list(examples.X.columns)
+    # a step shorter than the horizon: windows overlap, and the latest ones reach into
+    # the labelled snapshot's window (day 320 makes days 270 and 240 active)
+    dense_config = TrainConfig(churn_history=4, churn_history_step_days=30)
+    dense = churn_history(events, examples, None, definition, dense_config)
+    assert dense is not None
+    assert [(t - T0) // DAY for t in dense.keys["as_of"]] == [270, 240, 210, 180]
+    assert dense.X["count_all_all"].tolist() == [3, 3, 3, 2]
+    assert dense.churn.tolist() == [0, 0, 1, 0]
     assert churn_history(events, examples, None, definition, TrainConfig(churn_history=0)) is None
 
 
@@ -86,6 +94,13 @@ def test_churn_history_setting() -> None:
     for bad in (-1, 13, "many", True, 2.5):
         with pytest.raises(ValueError, match="churn_history"):
             TrainConfig(churn_history=bad)  # type: ignore[arg-type]
+    # the step: one horizon unless given
+    assert TrainConfig().churn_history_step() == 90
+    assert TrainConfig(horizon_days=10).churn_history_step() == 10
+    assert TrainConfig(churn_history_step_days=7).churn_history_step() == 7
+    for bad in (0, -5, 3651, "weekly", 1.5):
+        with pytest.raises(ValueError, match="churn_history_step_days"):
+            TrainConfig(churn_history_step_days=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

@@ -369,17 +369,22 @@ def test_a_log_without_purchases_trains_without_a_value_model(
 
 
 @pytest.mark.parametrize(
-    "count",
+    ("option", "value", "span"),
     [
-        "some",  # not a number
-        "13",  # beyond 12
+        ("--churn-history", "some", "from 0 to 12"),  # not a number
+        ("--churn-history", "13", "from 0 to 12"),  # beyond 12
+        ("--churn-history-step-days", "monthly", "from 1 to 3650"),  # not a number
+        ("--churn-history-step-days", "0", "from 1 to 3650"),  # no step at all
     ],
 )
-def test_the_cli_refuses_bad_churn_history_in_one_line(sim: Path, count: str) -> None:
+def test_the_cli_refuses_bad_churn_history_in_one_line(
+    sim: Path, option: str, value: str, span: str
+) -> None:
     args = ["train", "--events", str(sim / "events.parquet"), "--labels", str(sim / "labels.csv")]
-    result = CliRunner().invoke(app, [*args, "--churn-history", count])
+    result = CliRunner().invoke(app, [*args, option, value])
     assert result.exit_code == 2
-    assert "churn" in result.output and "whole number from 0 to 12" in result.output
+    assert "churn_history" in result.output.replace("-", "_")
+    assert f"whole number {span}" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 

@@ -177,7 +177,7 @@ AUTO_FINAL_SEEDS = 3
 # (docs/models.md#training-data-and-the-split): churn labels come from the log itself, so
 # every horizon of a customer's past is one more example of the same question. Twelve a
 # third of a horizon apart, or six half a horizon apart, did no better on the scenario
-# family's worst case (docs/scale.md#quality).
+# family's worst case (measured in the same section of docs/models.md).
 AUTO_CHURN_HISTORY = 3
 
 

@@ -17,6 +17,7 @@ Both heads are LightGBM boosters fitted in two passes (docs/models.md#training-d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -534,20 +535,10 @@ def _tune_weights(proba: np.ndarray, y: np.ndarray, n_classes: int, rounds: int)
     for _ in range(rounds):
         improved = False
         for k in range(n_classes):
-            # Only class k's weight moves in this sweep: the best of the other classes
-            # per row is fixed, and a row goes to k where k's weighted score beats it
-            # (ties to the lower index, as argmax breaks them): the argmax of
-            # proba * trial, without recomputing it for every trial.
-            others = proba * weights
-            others[:, k] = -np.inf
-            other = np.argmax(others, axis=1)
-            top = others[np.arange(len(other)), other]
-            tie = np.minimum(other, k)
+            predict = _sweep(proba, weights, k)
             for g in grid:
-                w_k = weights[k] * g
-                score_k = proba[:, k] * w_k
-                pred = np.where(score_k > top, k, np.where(score_k == top, tie, other))
-                s = macro_f1(y, pred, n_classes)
+                w_k = weights[k] * g  # from class k's weight as this sweep has moved it
+                s = macro_f1(y, predict(w_k), n_classes)
                 if s > best + 1e-9:
                     best, improved = s, True
                     weights = weights.copy()
@@ -555,6 +546,26 @@ def _tune_weights(proba: np.ndarray, y: np.ndarray, n_classes: int, rounds: int)
         if not improved:
             break
     return weights / weights.max()
+
+
+def _sweep(proba: np.ndarray, weights: np.ndarray, k: int) -> Callable[[float], np.ndarray]:
+    """``predict(w)``: ``argmax(proba * weights)`` with class k's weight set to ``w``.
+
+    Only class k's weight moves: the best of the other classes per row is fixed, and a
+    row goes to k where k's weighted score beats it (ties to the lower index, as argmax
+    breaks them), without recomputing the argmax for every trial.
+    """
+    others = proba * weights
+    others[:, k] = -np.inf
+    other = np.argmax(others, axis=1)
+    top = others[np.arange(len(other)), other]
+    tie = np.minimum(other, k)
+
+    def predict(w: float) -> np.ndarray:
+        score_k = proba[:, k] * w
+        return np.where(score_k > top, k, np.where(score_k == top, tie, other))
+
+    return predict
 
 
 def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:

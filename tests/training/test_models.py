@@ -301,6 +301,21 @@ def _tune_weights_plainly(proba: np.ndarray, y: np.ndarray, k: int, rounds: int 
     return weights / weights.max()
 
 
+def test_each_trial_of_a_sweep_is_the_argmax_ties_included() -> None:
+    # probabilities in quarters and weights in halves: many rows tie exactly, and the
+    # sweep must break every tie as argmax does (to the lower class index)
+    rng = np.random.default_rng(0)
+    proba = rng.integers(0, 5, size=(2_000, 4)) / 4.0
+    weights = np.array([1.0, 0.5, 2.0, 1.0])
+    trials = np.array([0.25, 0.5, 1.0, 2.0, 4.0])
+    for k in range(4):
+        predict = models._sweep(proba, weights, k)
+        for w in trials:
+            trial = weights.copy()
+            trial[k] = w
+            assert np.array_equal(predict(w), np.argmax(proba * trial, axis=1)), (k, w)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_the_weight_search_is_the_plain_one(seed: int) -> None:
     # the search skips recomputing the argmax per trial; it must find the same weights

@@ -309,7 +309,7 @@ def train(
 
     X_fit = fit_ex.X.to_numpy()
     history = churn_history(events, examples, latent, definition, config)
-    churn = ChurnRows.of(fit_ex, folds, examples, history)
+    churn = ChurnRows.of(fit_ex, X_fit, folds, examples, history)
     # the final fits' matrix: every labelled row, then the earlier snapshots (churn only)
     X_all = examples.X.to_numpy() if history is None else np.vstack([examples.X, history.X])
     if history is not None:
@@ -671,11 +671,16 @@ class ChurnRows:
 
     @classmethod
     def of(
-        cls, fit_ex: Examples, folds: np.ndarray, examples: Examples, history: Examples | None
+        cls,
+        fit_ex: Examples,
+        X_fit: np.ndarray,
+        folds: np.ndarray,
+        examples: Examples,
+        history: Examples | None,
     ) -> ChurnRows:
-        """``history``'s snapshots of fit customers join the fit rows in their fold;
+        """``history``'s snapshots of fit customers join the fit rows (``X_fit``, the
+        fit set's matrix, shared with the stage head rather than copied) in their fold;
         those of validation customers only ``y_all`` (the final fit)."""
-        X_fit = fit_ex.X.to_numpy()
         if history is None:
             return cls(X_fit, fit_ex.churn, folds, examples.churn)
         fold_of = dict(zip(fit_ex.keys[CUSTOMER_ID].astype(str), folds, strict=True))
